@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` (set-up + the whole notebook, headless) and
+# `make test` (set-up + the test suite). Everything installs into .venv; artefacts go to outputs/.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lab install benchmark clean-venv
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed requirements-test.txt
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+# The demo uses ImageNet weights when they can be had and random init otherwise, and says which
+# in large letters. Your own runs always name their weights.
+demo: $(BIN)/.installed
+	$(BIN)/python -m deepfake_detector notebook --parameter WEIGHTS '"imagenet-or-none"'
+
+test: $(BIN)/.installed-test
+	$(BIN)/python -m pytest -ra
+
+lab: $(BIN)/.installed
+	$(BIN)/jupyter lab notebooks/
+
+benchmark: $(BIN)/.installed
+	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/gradcam_speed.py
+
+clean-venv:
+	rm -rf $(VENV)

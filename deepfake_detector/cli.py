@@ -1,0 +1,180 @@
+"""The command line: argument parsing only; every command calls the same functions as the notebook.
+
+    python -m deepfake_detector split    --raw dataset_raw --out data
+    python -m deepfake_detector train    --data data --out outputs/runs/r1 --weights imagenet
+    python -m deepfake_detector evaluate --run outputs/runs/r1 --data data
+    python -m deepfake_detector predict  --run outputs/runs/r1 image.jpg folder/ --out preds.json
+    python -m deepfake_detector gradcam  --run outputs/runs/r1 --images data/val --out outputs/cam
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_split(commands):
+    p = commands.add_parser("split", help="split raw real/fake folders into train/val[/test]")
+    p.add_argument("--raw", default="dataset_raw", help="folder holding real/ and fake/")
+    p.add_argument("--out", default="data", help="where train/ val/ [test/] and split.csv go")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--test-fraction", type=float, default=0.0, help="e.g. 0.1 with --val-fraction 0.1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group-by", default=None,
+                   help='keep related images together: "folder", "regex:PATTERN" or a CSV path,group')
+    p.add_argument("--link-mode", choices=["copy", "hardlink"], default="copy")
+    p.add_argument("--replace", action="store_true", help="replace an existing split made differently")
+
+
+def add_train(commands):
+    from .train import TrainConfig
+    d = TrainConfig()
+    p = commands.add_parser("train", help="train the single-logit head on a frozen ResNet-18")
+    p.add_argument("--data", default=d.data_dir, help="folder with train/ and val/")
+    p.add_argument("--out", default=d.out_dir, help="run directory (default outputs/runs/<time>)")
+    p.add_argument("--weights", required=True,
+                   help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--min-delta", type=float, default=d.min_delta)
+    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--augment", action="store_true", help="flip, colour jitter, small rotation")
+    p.add_argument("--augment-views", type=int, default=d.augment_views,
+                   help="augmented views cached per image when --augment (cached path)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="plain loop: a full forward pass per image per epoch")
+    p.add_argument("--cache-dir", default=d.cache_dir, help='feature cache ("" for none)')
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
+def add_evaluate(commands):
+    p = commands.add_parser("evaluate", help="metrics of a run on a split or another folder")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+
+
+def add_predict(commands):
+    p = commands.add_parser("predict", help="P(fake) per image, to CSV or JSON")
+    p.add_argument("--run", required=True)
+    p.add_argument("paths", nargs="+", help="image files and/or folders")
+    p.add_argument("--out", default=None, help=".json or .csv (default: JSON to stdout)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+
+
+def add_gradcam(commands):
+    p = commands.add_parser("gradcam", help="Grad-CAM overlays, contact sheet, faithfulness")
+    p.add_argument("--run", required=True)
+    p.add_argument("--images", nargs="+", required=True,
+                   help="a split folder (with real/ fake/: overlays sorted tp/tn/fp/fn) or files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--target", default="predicted", choices=["predicted", "fake", "real"])
+    p.add_argument("--masks", default=None, help="folder of masks of the fakes (synthetic data)")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+
+
+def add_demo_data(commands):
+    p = commands.add_parser("demo-data", help="generate the synthetic real/fake set (with masks)")
+    p.add_argument("--out", default="data/synthetic_raw")
+    p.add_argument("--n-per-class", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_notebook(commands):
+    p = commands.add_parser("notebook", help="execute the notebook headless into outputs/")
+    p.add_argument("--notebook", default="notebooks/deepfake_detector.ipynb")
+    p.add_argument("--out", default=None, help="folder for the run (default outputs/demo-<time>)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="override a parameters-cell value (Python literal)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+
+
+def run(args) -> object:
+    if args.command == "split":
+        from .split import split_dataset
+        summary = split_dataset(args.raw, args.out, val_fraction=args.val_fraction,
+                                test_fraction=args.test_fraction, seed=args.seed,
+                                group_by=args.group_by, link_mode=args.link_mode,
+                                replace=args.replace)
+        print(summary)
+        return summary
+    if args.command == "train":
+        from .train import TrainConfig, train
+        config = TrainConfig(
+            data_dir=args.data, out_dir=args.out, weights=args.weights, img_size=args.img_size,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, patience=args.patience, min_delta=args.min_delta,
+            seed=args.seed, augment=args.augment, augment_views=args.augment_views,
+            cache_features=not args.no_feature_cache, cache_dir=args.cache_dir,
+            device=args.device, num_workers=args.num_workers, overwrite=args.overwrite)
+        return train(config)
+    if args.command == "evaluate":
+        from .inference import evaluate_run
+        metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
+                               args.device, log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(metrics, indent=2))
+        return metrics
+    if args.command == "predict":
+        from .inference import predict_paths
+        rows = predict_paths(args.run, args.paths, args.out, args.batch_size, args.device)
+        if args.out:
+            print(f"{len(rows)} predictions written to {args.out}", file=sys.stderr)
+        else:
+            print(json.dumps([{"image_id": r["image_id"], "prediction": r["prediction"]}
+                              for r in rows], indent=2))
+        return rows
+    if args.command == "gradcam":
+        from .gradcam import explain_run
+        summary = explain_run(args.run, args.images, args.out, target=args.target,
+                              masks_dir=args.masks, max_images=args.max_images,
+                              batch_size=args.batch_size, device=args.device)
+        print(json.dumps(summary, indent=2, default=str))
+        return summary
+    if args.command == "demo-data":
+        from .demo_data import generate_demo_data
+        options = {k: v for k, v in (("n_per_class", args.n_per_class),
+                                     ("image_size", args.image_size)) if v is not None}
+        out = generate_demo_data(args.out, seed=args.seed, **options)
+        print(f"synthetic demo data in {out}")
+        return out
+    if args.command == "notebook":
+        from .notebook import execute_notebook
+        out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout)
+        print(f"executed notebook and its artefacts: {out}")
+        return out
+    raise AssertionError(args.command)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deepfake_detector", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (add_split, add_train, add_evaluate, add_predict, add_gradcam, add_demo_data,
+                add_notebook):
+        add(commands)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as error:
+        # Errors of the user's data or choices: one clear message, not a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Extract the frozen backbone's 512-d features once, and keep them.
+
+With the backbone frozen, an image's features never change while the head trains, so pushing every
+image through ResNet-18 again each epoch only repeats work. One pass here, then every epoch of
+training costs milliseconds. The cache key covers everything the features depend on (the files'
+bytes, their order and labels, image size, normalisation, augmentation, the backbone's exact
+weights, library versions), so a change can never serve stale features.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from tqdm.auto import tqdm
+
+from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, train_transform
+from .model import backbone_features, backbone_fingerprint
+
+CACHE_FORMAT = 1
+# Feature sets larger than this are stored as float16 on disk (half the size; ~1e-3 relative error).
+FLOAT16_ABOVE_N_IMAGES = 100_000
+
+
+@contextlib.contextmanager
+def channels_last(model: torch.nn.Module):
+    """Run convolutions in NHWC layout (faster on CPU and tensor cores), then put the model back."""
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def autocast_for(device: torch.device):
+    """Mixed precision on CUDA (bf16 where supported); full float32 elsewhere."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     augmentation=None, batch_size: int = 64, device=None,
+                     num_workers: int | None = None, desc: str = "features",
+                     seed: int = 0) -> torch.Tensor:
+    """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU.
+
+    With `augmentation`, each call draws one augmented view per image (seeded).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    transform = train_transform(img_size, augmentation, mean, std) if augmentation \
+        else eval_transform(img_size, mean, std)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the augmentation draws from the global generator in each worker
+    loader = make_loader(items, transform, batch_size, generator=generator,
+                         num_workers=num_workers, device=device)
+    features = torch.empty(len(items), model.fc.in_features)
+    model.eval()
+    with torch.inference_mode(), channels_last(model), autocast_for(device):
+        for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            features[indices] = backbone_features(model, images).float().cpu()
+    return features
+
+
+def files_digest(items) -> str:
+    """SHA-256 over every file's bytes, its label and its position: the data half of the key."""
+    digest = hashlib.sha256()
+    for path, label in items:
+        digest.update(f"{label}:".encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed) -> str:
+    material = {
+        "format": CACHE_FORMAT, "files": files_digest(items), "n": len(items),
+        "img_size": img_size, "mean": list(mean), "std": list(std),
+        "augmentation": augmentation or None, "n_views": n_views,
+        "seed": seed if augmentation else None,
+        "backbone": backbone_fingerprint(model),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    cache_dir: str | Path | None = None, augmentation=None, n_views: int = 1,
+                    batch_size: int = 64, device=None, num_workers=None, seed: int = 0,
+                    desc: str = "features", log=print) -> torch.Tensor:
+    """Features of `items`, from the cache when the exact same ones were extracted before.
+
+    Returns (N, 512), or (n_views, N, 512) with augmentation: K augmented views per image, so
+    augmentation costs K backbone passes in all instead of one per epoch.
+    """
+    views = n_views if augmentation else 1
+    path = None
+    if cache_dir is not None:
+        key = cache_key(model, items, img_size, mean, std, augmentation, views, seed)
+        path = Path(cache_dir) / f"features-{key[:24]}.pt"
+        if path.exists():
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            log(f"{desc}: {len(items)} images from the feature cache ({path.name})")
+            return stored["features"].float()
+    start = time.perf_counter()
+    if augmentation:
+        features = torch.stack([
+            extract_features(model, items, img_size, mean, std, augmentation, batch_size, device,
+                             num_workers, f"{desc} view {v + 1}/{views}", seed=seed + v)
+            for v in range(views)])
+    else:
+        features = extract_features(model, items, img_size, mean, std, None, batch_size, device,
+                                    num_workers, desc, seed=seed)
+    seconds = time.perf_counter() - start
+    log(f"{desc}: extracted {len(items) * views} images in {seconds:.1f} s "
+        f"({len(items) * views / max(seconds, 1e-9):.1f} images/s)")
+    store_half = len(items) > FLOAT16_ABOVE_N_IMAGES and float(features.abs().max()) < 6e4
+    if store_half:
+        features = features.half().float()  # train on what a later run will read back from disk
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stored_dtype = torch.float16 if store_half else torch.float32
+        temporary = path.with_suffix(".tmp")
+        torch.save({"features": features.to(stored_dtype)}, temporary)
+        temporary.replace(path)  # atomic: an interrupted run never leaves half a cache file
+    return features

@@ -1,0 +1,142 @@
+"""Use a trained run: load it, predict P(fake) for any number of images, evaluate it on a folder.
+
+A run directory is all that is needed: the checkpoint carries the weights, the image size, the
+normalisation and the decision threshold. Images stream through in batches, so memory stays flat
+whether the folder holds a hundred images or a million.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageLoadError, eval_transform, make_loader
+from .features import autocast_for, channels_last
+from .model import build_model, pick_device
+from .split import check_image, find_images, list_labelled_folder, list_split
+
+
+def load_run(run_dir: str | Path, device: str = "auto"):
+    """(model in eval mode on `device`, checkpoint dict without the weights)."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint.pt in {run_dir}: is it a run directory made by "
+                                "`python -m deepfake_detector train`?")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model, _ = build_model("none", seed=None)  # the architecture only; the weights come next
+    model.load_state_dict(checkpoint.pop("model_state"))
+    return model.to(pick_device(device)).eval(), checkpoint
+
+
+def predict_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
+                          num_workers: int | None = None, desc: str = "predict") -> np.ndarray:
+    """P(fake) for each (path, label) in `items`, in order; one batch in memory at a time."""
+    device = next(model.parameters()).device
+    loader = make_loader(items, eval_transform(img_size, mean, std), batch_size,
+                         num_workers=num_workers, device=device)
+    probabilities = np.empty(len(items), dtype=np.float64)
+    with torch.inference_mode(), channels_last(model), autocast_for(device):
+        for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            probabilities[indices.numpy()] = torch.sigmoid(model(images).float()).squeeze(1).cpu().numpy()
+    return probabilities
+
+
+def readable_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand folders to their images; set aside files that cannot be decoded (with the reason)."""
+    files, skipped = [], []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += find_images(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist.")
+    readable = []
+    for path in files:
+        reason = check_image(path)
+        (skipped.append((path, reason)) if reason else readable.append(path))
+    if skipped:
+        warnings.warn(f"{len(skipped)} file(s) could not be read and were skipped:\n"
+                      + "\n".join(f"  {p}: {why}" for p, why in skipped), stacklevel=2)
+    return readable, skipped
+
+
+def image_ids(paths: list[Path], roots: list[Path]) -> list[str]:
+    """The name users exchange predictions under: the file name, or the path inside the folder
+    given when two files share a name."""
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    ids = []
+    for path in paths:
+        root = next((r for r in roots if r.is_dir() and r in path.parents), None)
+        ids.append(str(path.relative_to(root)) if root else str(path))
+    return ids
+
+
+def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: str = "auto",
+                  num_workers: int | None = None) -> list[dict]:
+    """P(fake) for every image in `paths` (files or folders); writes CSV or JSON when asked."""
+    from .evaluate import write_predictions
+    model, checkpoint = load_run(run_dir, device)
+    files, _ = readable_images(paths)
+    if not files:
+        raise ValueError(f"No readable images in {', '.join(map(str, paths))}.")
+    probabilities = predict_probabilities(model, [(f, -1) for f in files], checkpoint["img_size"],
+                                          checkpoint["mean"], checkpoint["std"], batch_size,
+                                          num_workers)
+    threshold = checkpoint.get("threshold", 0.5)
+    rows = [{"image_id": image_id, "prediction": float(p),
+             "predicted_label": "fake" if p >= threshold else "real", "path": str(path)}
+            for image_id, p, path in zip(image_ids(files, [Path(p) for p in paths]), probabilities, files)]
+    if out_file:
+        write_predictions(rows, out_file)
+    return rows
+
+
+def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size: int = 64,
+                 device: str = "auto", num_workers=None, n_bootstrap: int = 1000,
+                 log=print) -> dict:
+    """Metrics, figures and predictions of a run on data_dir/split (or on a plain folder holding
+    real/ and fake/, for a cross-dataset test). Written to run_dir/eval/<name>/ unless out_dir."""
+    from .evaluate import (compute_metrics, metrics_table_rows, save_evaluation_figures,
+                           write_predictions, write_report, write_table)
+    from .figures import plt
+    from .split import split_groups
+    model, checkpoint = load_run(run_dir, device)
+    data_dir = Path(data_dir)
+    # A split folder (data/val) or any folder holding real/ and fake/ (another data set).
+    is_split = (data_dir / "split.csv").is_file() or (data_dir / split).is_dir()
+    items = list_split(data_dir, split) if is_split else list_labelled_folder(data_dir)
+    split = split if is_split else "all"
+    labels = np.array([y for _, y in items])
+    probabilities = predict_probabilities(model, items, checkpoint["img_size"], checkpoint["mean"],
+                                          checkpoint["std"], batch_size, num_workers,
+                                          desc=f"evaluate {split}")
+    metrics = compute_metrics(labels, probabilities, threshold=checkpoint.get("threshold", 0.5),
+                              val_threshold=checkpoint.get("val_threshold"),
+                              groups=split_groups(data_dir, items), n_bootstrap=n_bootstrap)
+    metrics.update({"data": str(data_dir), "split": split, "run": str(run_dir),
+                    "weights": checkpoint["weights"]})
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "eval" / f"{data_dir.name}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_predictions([{"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
+                       for (p, y), q in zip(items, probabilities)], out / "predictions.csv")
+    save_evaluation_figures(labels, probabilities, metrics, out, title_prefix=split.capitalize())
+    if split == "test" and out_dir is None:  # the held-out result belongs in the run's report
+        (run_dir / "metrics_test.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        save_evaluation_figures(labels, probabilities, metrics, run_dir / "figures",
+                                title_prefix="Test", name_prefix="test_")
+        write_table(metrics_table_rows(metrics), run_dir / "tables" / "metrics_test",
+                    caption="Test metrics with 95% bootstrap confidence intervals")
+        write_report(run_dir)
+    plt.close("all")
+    log(f"metrics, predictions and figures written to {out}")
+    return metrics

@@ -1,0 +1,110 @@
+"""Training: early stopping, a backbone that does not move, the two paths agreeing, the run directory."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from deepfake_detector.inference import load_run
+from deepfake_detector.model import build_model
+from deepfake_detector.train import (RunExistsError, TrainConfig, feature_batches, fit, train)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch():
+    """Validation labels are the opposite of training labels, so the val loss is best after the
+    first epoch and worsens after: training must stop `patience` epochs later and hand back the
+    head of that first epoch."""
+    torch.manual_seed(0)
+    features = torch.randn(64, 512)
+    labels = (features[:, 0] > 0).long()
+    head = nn.Linear(512, 1)
+    config = TrainConfig(epochs=50, lr=1e-2, patience=3, min_delta=0.0, batch_size=16)
+    heads_after_epoch = []
+
+    def train_batches(epoch):
+        return feature_batches(features, labels, config.batch_size)
+
+    def val_batches():  # called once per epoch, right after that epoch's training
+        heads_after_epoch.append({k: v.clone() for k, v in head.state_dict().items()})
+        return feature_batches(features, 1 - labels, config.batch_size)
+
+    history, best_epoch = fit(head, head, train_batches, val_batches, config, 1.0, "cpu",
+                              log=lambda m: None)
+    val_losses = [h["val_loss"] for h in history]
+    assert best_epoch == 1 == val_losses.index(min(val_losses)) + 1
+    assert len(history) == best_epoch + config.patience  # stopped, did not run 50 epochs
+    torch.testing.assert_close(head.state_dict(), heads_after_epoch[best_epoch - 1])
+
+
+def test_backbone_batchnorm_statistics_do_not_move(split_data, tmp_path):
+    """The plain loop pushes images through BatchNorm every step; in eval mode its running
+    statistics must stay exactly as loaded."""
+    before, _ = build_model("none", seed=0)
+    config = TrainConfig(data_dir=str(split_data), out_dir=str(tmp_path / "run"), weights="none",
+                         img_size=32, epochs=2, patience=5, cache_features=False, num_workers=0,
+                         augment=True)
+    model, _ = load_run(train(config, log_to_console=False), device="cpu")
+    after = model.state_dict()
+    for name, tensor in before.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(tensor, after[name]), name
+    assert not torch.equal(before.fc.weight, after["fc.weight"])  # while the head did learn
+
+
+def test_cached_features_and_plain_loop_give_the_same_head(split_data, tmp_path):
+    common = dict(data_dir=str(split_data), weights="none", img_size=32, epochs=6, lr=1e-3,
+                  patience=10, seed=0, num_workers=0)
+    cached = train(TrainConfig(out_dir=str(tmp_path / "cached"), cache_dir=str(tmp_path / "cache"),
+                               **common), log_to_console=False)
+    plain = train(TrainConfig(out_dir=str(tmp_path / "plain"), cache_features=False, **common),
+                  log_to_console=False)
+    hist_c = json.loads((cached / "history.json").read_text())
+    hist_p = json.loads((plain / "history.json").read_text())
+    for c, p in zip(hist_c, hist_p, strict=True):
+        for key in ("train_loss", "val_loss", "val_acc", "val_auc"):
+            assert c[key] == pytest.approx(p[key], abs=1e-3), key
+    metrics_c = json.loads((cached / "metrics_val.json").read_text())
+    metrics_p = json.loads((plain / "metrics_val.json").read_text())
+    for key in ("accuracy", "roc_auc", "average_precision"):
+        assert metrics_c[key] == pytest.approx(metrics_p[key], abs=1e-3)
+    # A second run with the same settings reads the features from the cache, bit for bit.
+    again = train(TrainConfig(out_dir=str(tmp_path / "again"), cache_dir=str(tmp_path / "cache"),
+                              **common), log_to_console=False)
+    assert "from the feature cache" in (again / "train.log").read_text()
+    assert json.loads((again / "history.json").read_text())[-1]["val_loss"] == hist_c[-1]["val_loss"]
+
+
+def test_run_directory_holds_what_inference_needs(trained_run):
+    checkpoint = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["class_to_idx"] == {"real": 0, "fake": 1}
+    assert checkpoint["img_size"] == 32 and checkpoint["threshold"] == 0.5
+    assert len(checkpoint["mean"]) == 3 and "torch" in checkpoint["versions"]
+    assert checkpoint["weights"]["pretrained"] is False
+    assert 0 <= checkpoint["val_threshold"] <= 1 and "accuracy" in checkpoint["metrics"]
+    for name in ("config.json", "history.json", "data_counts.json", "metrics_val.json",
+                 "predictions_val.csv", "train.log", "report.md", "figures/learning_curves.png"):
+        assert (trained_run / name).is_file(), name
+    assert "RANDOM INIT" in (trained_run / "train.log").read_text()
+
+
+def test_checkpoint_round_trip_reproduces_the_predictions(trained_run):
+    model, checkpoint = load_run(trained_run, device="cpu")
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    metrics = json.loads((trained_run / "metrics_val.json").read_text())
+    assert metrics["accuracy"] >= 0.9  # the fixture data is easy even for random features
+    assert checkpoint["metrics"]["accuracy"] == metrics["accuracy"]
+
+
+def test_a_run_is_never_silently_overwritten(trained_run, split_data, tmp_path):
+    config = TrainConfig(data_dir=str(split_data), out_dir=str(trained_run), weights="none")
+    with pytest.raises(RunExistsError, match="--overwrite"):
+        train(config, log_to_console=False)
+    other = tmp_path / "not-a-run"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    config = TrainConfig(data_dir=str(split_data), out_dir=str(other), weights="none", overwrite=True)
+    with pytest.raises(RunExistsError, match="not a run directory"):
+        train(config, log_to_console=False)
+    assert (other / "notes.txt").read_text() == "mine"
