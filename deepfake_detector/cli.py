@@ -5,6 +5,10 @@
     python -m deepfake_detector evaluate --run outputs/runs/r1 --data data
     python -m deepfake_detector predict  --run outputs/runs/r1 image.jpg folder/ --out preds.json
     python -m deepfake_detector gradcam  --run outputs/runs/r1 --images data/val --out outputs/cam
+    python -m deepfake_detector audit      --data data
+    python -m deepfake_detector robustness --run outputs/runs/r1 --data data --split val
+    python -m deepfake_detector cross-eval --run outputs/runs/r1 --data other_dataset/ --name other
+    python -m deepfake_detector finetune   --run outputs/runs/r1 --lr 1e-5
 """
 from __future__ import annotations
 
@@ -103,6 +107,52 @@ def add_notebook(commands):
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
 
 
+def add_audit(commands):
+    p = commands.add_parser("audit", help="look for real/fake shortcuts and duplicates in the data")
+    p.add_argument("--data", default="data", help="a split, or any folder with real/ and fake/")
+    p.add_argument("--out", default=None,
+                   help="default: the split folder, or outputs/audit/<name> for other folders")
+
+
+def add_robustness(commands):
+    p = commands.add_parser("robustness", help="metrics under JPEG, down-scaling and blur")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--n-bootstrap", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=None)
+
+
+def add_cross_eval(commands):
+    p = commands.add_parser("cross-eval", help="evaluate a run on another data set, as a table row")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True, help="folder with real/ and fake/, or a split folder")
+    p.add_argument("--name", default=None, help="the test set's name in the table (default: folder)")
+    p.add_argument("--split", default=None, choices=["train", "val", "test"],
+                   help="of a split folder (default: test if it has one, else val)")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=None)
+
+
+def add_finetune(commands):
+    p = commands.add_parser("finetune", help="phase 2: fine-tune layer4 of a run, compare phases")
+    p.add_argument("--run", required=True, help="the phase-1 run (head trained, backbone frozen)")
+    p.add_argument("--out", default=None, help="new run directory (default RUN-finetune-layer4)")
+    p.add_argument("--lr", type=float, default=1e-5, help="layer4's learning rate")
+    p.add_argument("--head-lr", type=float, default=None, help="the head's (default 10 x --lr)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    p.add_argument("--no-layer3-cache", action="store_true",
+                   help="full forward passes every epoch (the cache gives the same result)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=None)
+
+
 def run(args) -> object:
     if args.command == "split":
         from .split import split_dataset
@@ -156,6 +206,35 @@ def run(args) -> object:
         out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout)
         print(f"executed notebook and its artefacts: {out}")
         return out
+    if args.command == "audit":
+        from .audit import audit_split
+        findings = audit_split(args.data, args.out)  # flags also come as a warning on stderr
+        print(f"{len(findings['flags'])} flag(s); audit written to {findings['out_dir']}")
+        return findings
+    if args.command == "robustness":
+        from .robustness import robustness_table
+        rows = robustness_table(args.run, args.data, args.split, n_bootstrap=args.n_bootstrap,
+                                batch_size=args.batch_size, device=args.device,
+                                num_workers=args.num_workers,
+                                log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(rows, indent=2))
+        return rows
+    if args.command == "cross-eval":
+        from .robustness import cross_dataset_row
+        row = cross_dataset_row(args.run, args.data, name=args.name, split=args.split,
+                                n_bootstrap=args.n_bootstrap, batch_size=args.batch_size, device=args.device,
+                                num_workers=args.num_workers,
+                                log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(row, indent=2))
+        return row
+    if args.command == "finetune":
+        from .finetune import finetune_layer4
+        out = finetune_layer4(args.run, args.out, lr=args.lr, head_lr=args.head_lr,
+                              epochs=args.epochs, patience=args.patience,
+                              batch_size=args.batch_size, cache_layer3=not args.no_layer3_cache,
+                              device=args.device, num_workers=args.num_workers)
+        print(f"phase 2 run in {out}; both phases in {Path(out) / 'tables' / 'phases.md'}")
+        return out
     raise AssertionError(args.command)
 
 
@@ -164,7 +243,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (add_split, add_train, add_evaluate, add_predict, add_gradcam, add_demo_data,
-                add_notebook):
+                add_notebook, add_audit, add_robustness, add_cross_eval, add_finetune):
         add(commands)
     args = parser.parse_args(argv)
     try:

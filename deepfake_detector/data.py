@@ -3,16 +3,23 @@
 Every image goes through `open_image` (so a broken file names itself) and one of two transforms:
 `eval_transform` (resize + normalise) for validation, features and Grad-CAM, and
 `train_transform`, which adds the augmentation that training may ask for.
+
+Bulk passes (feature extraction, predict, evaluate) split the same steps in two: worker processes
+do the per-image part on PIL images and hand over uint8 pixels (`uint8_transform`), the main
+process converts and normalises whole batches at once (`normalize_batch`). The numbers are the
+same as `eval_transform`'s, bit for bit; the uint8 batch is 4x smaller to pass between processes
+and to copy to a GPU, and it arrives already in the channels-last layout the model runs in.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
+from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms
 
 # The statistics ImageNet-pretrained backbones were trained with; inputs must match them.
@@ -40,23 +47,42 @@ def open_image(path: str | os.PathLike) -> Image.Image:
                              "(the split step lists such files and leaves them out).") from error
 
 
-def eval_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> transforms.Compose:
-    """Resize to a square (the backbone needs a fixed size), to tensor, ImageNet-normalise."""
-    return transforms.Compose([
-        transforms.Resize((img_size, img_size), antialias=True),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+def try_open_image(path: str | os.PathLike) -> tuple[Image.Image | None, str | None]:
+    """(RGB image, None), or (None, why not) in split.check_image's words and by its rules.
+
+    Predicting over a folder used to decode every file twice: once to check it, once to use it.
+    This checks and decodes in the one read, so unreadable files can be skipped on the way.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return None, f"unreadable ({type(error).__name__}: {error.strerror or error})"
+    if not data:
+        return None, "empty file (0 bytes)"
+    # As in split.check_image: verify() checks structure (PNG checksums), the full decode catches
+    # a truncated file even if another library told PIL to paper over those.
+    tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            return ImageOps.exif_transpose(image).convert("RGB"), None
+    except Image.UnidentifiedImageError:
+        return None, "not an image (PIL cannot identify its format)"
+    except Exception as error:  # truncated (OSError), broken chunks (SyntaxError), huge, ...
+        return None, f"cannot be decoded ({type(error).__name__}: {error})"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
 
 
-def train_transform(img_size: int, augmentation: dict | bool | None = None,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> transforms.Compose:
-    """The eval transform, with augmentation in front when asked for (True = the defaults)."""
+def pil_steps(img_size: int, augmentation: dict | bool | None = None) -> list:
+    """The per-image steps on PIL images: resize to a square (the backbone needs a fixed size),
+    then the augmentation when asked for (True = the defaults)."""
     if augmentation is True:
         augmentation = DEFAULT_AUGMENTATION
-    if not augmentation:
-        return eval_transform(img_size, mean, std)
     steps = [transforms.Resize((img_size, img_size), antialias=True)]
+    if not augmentation:
+        return steps
     if augmentation.get("hflip"):
         steps.append(transforms.RandomHorizontalFlip())
     if augmentation.get("color_jitter"):
@@ -64,8 +90,43 @@ def train_transform(img_size: int, augmentation: dict | bool | None = None,
         steps.append(transforms.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
     if augmentation.get("rotation_degrees"):
         steps.append(transforms.RandomRotation(augmentation["rotation_degrees"]))
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    return transforms.Compose(steps)
+    return steps
+
+
+def eval_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> transforms.Compose:
+    """Resize to a square, to tensor, ImageNet-normalise: one (3, H, W) float image."""
+    return transforms.Compose(pil_steps(img_size) + [transforms.ToTensor(),
+                                                     transforms.Normalize(mean, std)])
+
+
+def train_transform(img_size: int, augmentation: dict | bool | None = None,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD) -> transforms.Compose:
+    """The eval transform, with augmentation in front when asked for (True = the defaults)."""
+    return transforms.Compose(pil_steps(img_size, augmentation) + [transforms.ToTensor(),
+                                                                   transforms.Normalize(mean, std)])
+
+
+def to_uint8_hwc(image: Image.Image) -> torch.Tensor:
+    """(H, W, 3) uint8 pixels; stacked, (N, H, W, 3) is the channels-last layout as it stands."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8))
+
+
+def uint8_transform(img_size: int, augmentation: dict | bool | None = None) -> transforms.Compose:
+    """The per-image half of eval/train_transform; `normalize_batch` does the rest per batch."""
+    return transforms.Compose(pil_steps(img_size, augmentation) + [to_uint8_hwc])
+
+
+def normalize_batch(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, ImageNet-normalised, channels-last, on `device`.
+
+    The same operations in the same order as ToTensor + Normalize, so the same floats; only the
+    copy to the device moves uint8 (4x less), and the float work runs once per batch, threaded.
+    """
+    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2)  # a view: NHWC in memory
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    return images.float().div_(255).sub_(mean).div_(std)
 
 
 def denormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -76,32 +137,61 @@ def denormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np
 
 
 class ImageDataset(Dataset):
-    """(path, label) pairs -> (image tensor, label, index). label may be -1 when unknown."""
+    """(path, label) pairs -> (image tensor, label, index). label may be -1 when unknown.
 
-    def __init__(self, items: list[tuple[Path, int]], transform):
+    With skip_unreadable, a file that cannot be decoded gives (None, reason, index) instead of
+    raising, and `collate_skipping` batches it apart: a folder is checked while it is predicted.
+    """
+
+    def __init__(self, items: list[tuple[Path, int]], transform, skip_unreadable: bool = False):
         self.items = [(Path(path), int(label)) for path, label in items]
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         path, label = self.items[index]
-        return self.transform(open_image(path)), label, index
+        if not self.skip_unreadable:
+            return self.transform(open_image(path)), label, index
+        image, reason = try_open_image(path)
+        if image is None:
+            return None, reason, index
+        return self.transform(image), label, index
+
+
+def collate_skipping(samples):
+    """(images, labels, indices, [(index, reason) of the files that could not be read])."""
+    failed = [(index, reason) for image, reason, index in samples if image is None]
+    good = [sample for sample in samples if sample[0] is not None]
+    if not good:
+        empty = torch.empty(0, dtype=torch.long)
+        return torch.empty(0), empty, empty, failed
+    return (*default_collate(good), failed)
 
 
 def default_num_workers() -> int:
-    """Decoding in worker processes only pays when there are cores to spare for it."""
+    """One decoding process per spare core, at most 4 (the model needs the rest).
+
+    Measured on 2 cores (benchmarks/train_speed.py --sweep, 32 px JPEGs at 224 px): with the
+    uint8 hand-over the per-image work is ~1 ms against ~30 ms of ResNet-18, so 0 and 1 workers
+    are within noise of each other, and 1 worker keeps large photos (10-100 ms to decode) off the
+    model's critical path. A worker per core oversubscribes it: the model's OpenMP threads then
+    wait on each other whenever one is pre-empted.
+    """
     return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 def make_loader(items, transform, batch_size: int = 32, sampler=None,
                 generator: torch.Generator | None = None, num_workers: int | None = None,
-                device: torch.device | str = "cpu") -> DataLoader:
-    """Batches of (images, labels, indices) in `sampler` order (default: as listed)."""
+                device: torch.device | str = "cpu", skip_unreadable: bool = False) -> DataLoader:
+    """Batches of (images, labels, indices) in `sampler` order (default: as listed); with
+    skip_unreadable, (images, labels, indices, failures) as `collate_skipping` makes them."""
     num_workers = default_num_workers() if num_workers is None else num_workers
     return DataLoader(
-        ImageDataset(items, transform), batch_size=batch_size, sampler=sampler,
+        ImageDataset(items, transform, skip_unreadable), batch_size=batch_size, sampler=sampler,
         generator=generator, num_workers=num_workers,
+        collate_fn=collate_skipping if skip_unreadable else None,
         pin_memory=torch.device(device).type == "cuda",  # faster host-to-GPU copies
     )

@@ -165,7 +165,7 @@ def make_fake(base_rgb: np.ndarray, rng: np.random.Generator,
               checkerboard_strength: float = FAKE_DEFAULTS["checkerboard_strength"],
               region_area: tuple[float, float] = FAKE_DEFAULTS["region_area"],
               feather: float = FAKE_DEFAULTS["feather"],
-              upsampling_steps: int = 1) -> tuple[np.ndarray, np.ndarray]:
+              upsampling_steps: int = 1, additive: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Re-synthesise one elliptic region of `base_rgb` through a generator-like up-sampling step.
 
     Returns (fake uint8 image, bool mask). Outside the mask the fake equals the base exactly: the
@@ -181,7 +181,14 @@ def make_fake(base_rgb: np.ndarray, rng: np.random.Generator,
     resynthesised = base
     for _ in range(upsampling_steps):
         resynthesised = downsample_2x(resynthesised)
-    for _ in range(upsampling_steps):
+    if additive:
+        grey = np.full_like(resynthesised, 128.0)
+        for _ in range(upsampling_steps):
+            resynthesised = transposed_upsample_2x(resynthesised, 0.0)
+            grey = transposed_upsample_2x(grey, checkerboard_strength)
+        resynthesised = resynthesised + grey - 128.0
+    else:
+      for _ in range(upsampling_steps):
         resynthesised = transposed_upsample_2x(resynthesised, checkerboard_strength)
     blended = base + weight[..., None] * (resynthesised - base)
     fake = np.clip(np.round(blended), 0, 255).astype(np.uint8)

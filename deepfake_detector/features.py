@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 import torchvision
 from tqdm.auto import tqdm
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, train_transform
+from .data import IMAGENET_MEAN, IMAGENET_STD, make_loader, normalize_batch, uint8_transform
 from .model import backbone_features, backbone_fingerprint
 
 CACHE_FORMAT = 1
@@ -44,27 +45,60 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def cudnn_autotune(device: torch.device):
+    """Let cuDNN pick the fastest kernels: every batch of a pass has the same shape."""
+    if device.type != "cuda":
+        yield
+        return
+    before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@contextlib.contextmanager
+def inference_pass(model: torch.nn.Module, device: torch.device):
+    """Everything a forward-only pass over many images wants: no autograd bookkeeping,
+    channels-last, AMP and cuDNN autotuning on CUDA; the model is put back afterwards."""
+    model.eval()
+    with torch.inference_mode(), channels_last(model), autocast_for(device), cudnn_autotune(device):
+        yield model
+
+
+def lagged(outputs):
+    """Yield each item one step late. On a GPU, reading batch i's result back (a sync) only after
+    batch i+1 is queued keeps the GPU busy; on the CPU it changes nothing."""
+    previous = None
+    for item in outputs:
+        if previous is not None:
+            yield previous
+        previous = item
+    if previous is not None:
+        yield previous
+
+
 def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      augmentation=None, batch_size: int = 64, device=None,
                      num_workers: int | None = None, desc: str = "features",
                      seed: int = 0) -> torch.Tensor:
     """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU.
 
-    With `augmentation`, each call draws one augmented view per image (seeded).
+    With `augmentation`, each call draws one augmented view per image (seeded). Workers decode
+    and resize to uint8; this process normalises each batch and runs the backbone on it.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    transform = train_transform(img_size, augmentation, mean, std) if augmentation \
-        else eval_transform(img_size, mean, std)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the augmentation draws from the global generator in each worker
-    loader = make_loader(items, transform, batch_size, generator=generator,
-                         num_workers=num_workers, device=device)
+    loader = make_loader(items, uint8_transform(img_size, augmentation), batch_size,
+                         generator=generator, num_workers=num_workers, device=device)
     features = torch.empty(len(items), model.fc.in_features)
-    model.eval()
-    with torch.inference_mode(), channels_last(model), autocast_for(device):
-        for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            features[indices] = backbone_features(model, images).float().cpu()
+    with inference_pass(model, device):
+        batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device)))
+                   for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False))
+        for indices, output in lagged(batches):
+            features[indices] = output.float().cpu()
     return features
 
 
@@ -127,7 +161,7 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         stored_dtype = torch.float16 if store_half else torch.float32
-        temporary = path.with_suffix(".tmp")
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs never share one
         torch.save({"features": features.to(stored_dtype)}, temporary)
         temporary.replace(path)  # atomic: an interrupted run never leaves half a cache file
     return features

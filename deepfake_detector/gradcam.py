@@ -229,7 +229,8 @@ def plot_contact_sheet(examples: Sequence[dict], colormap: int = cv2.COLORMAP_JE
                        image_weight: float = 0.5, title: str | None = None):
     """A grid for a paper: one row per outcome, and for each example image | heatmap | overlay.
 
-    `examples`: dicts with path, label, probability, outcome and either cam (any size) or raw_cam.
+    `examples`: dicts with path, label, probability, outcome, target (the side the map explains)
+    and either cam (any size) or raw_cam.
     Rows follow OUTCOMES order; within a row, examples as given (pass them most confident first).
     """
     from .figures import plt
@@ -248,7 +249,7 @@ def plot_contact_sheet(examples: Sequence[dict], colormap: int = cv2.COLORMAP_JE
             panels = (image, heatmap(cam, colormap), overlay(image, cam, colormap, image_weight))
             captions = (f"{outcome.upper()}: {label_name(example['label'])}\n"
                         f"P(fake) = {example['probability']:.3f}",
-                        "Grad-CAM", Path(example["path"]).name[:22])
+                        f"Grad-CAM ({example.get('target', '?')})", Path(example["path"]).name[:22])
             for k, (panel, caption) in enumerate(zip(panels, captions)):
                 ax = axes[r, 3 * c + k]
                 ax.imshow(panel)
@@ -285,11 +286,13 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
         contact_sheet.png/.pdf   per outcome the `per_outcome` most confident examples (or the
                         images in `sheet_paths`): image, heatmap, overlay
         summary.json    what is returned: counts per outcome, paths, localisation scores
+        faithfulness.json   the localisation scores alone, when there are masks
 
     labels: per image 0/1, "real"/"fake", or None/-1 when unknown. mask_paths: per image a mask
-    file (255 = manipulated) or None; where given, localisation_scores are computed (at the
-    model's input size) and returned. device: moves the model there (default: where it is).
-    Files already in out_dir stay; give each run its own folder.
+    file (255 = manipulated) or None; where given, localisation_scores of the maps that explain
+    "fake" are computed (at the model's input size) and returned.
+    device: moves the model there (default: where it is). Files already in out_dir stay: give
+    each run its own folder.
     """
     out_dir = Path(out_dir)
     if device is not None:
@@ -328,7 +331,8 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                          "target": result.targets[k], "outcome": outcome,
                          "overlay": str(overlay_path)})
             example = {"path": path, "label": labels[i], "probability": probability,
-                       "outcome": outcome, "raw_cam": result.raw_cams[k]}
+                       "outcome": outcome, "target": result.targets[k],
+                       "raw_cam": result.raw_cams[k]}
             if sheet_paths is None or path in sheet_paths:
                 keep_most_confident(best.setdefault(outcome, []), example, i,
                                     per_outcome if sheet_paths is None else len(sheet_paths))
@@ -355,13 +359,22 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
         "contact_sheet": [str(p) for p in sheet],
         "localisation": None,
     }
+    # Localisation asks where the evidence for "fake" lies, so only maps that explain "fake" are
+    # scored (with target="predicted": the fakes the model caught).
     with_mask = [i for i, m in enumerate(mask_paths) if m is not None]
+    scored = [i for i in with_mask if rows[i]["target"] == "fake"]
     if with_mask:
-        cams = (scale_cams(raw_cams[i:i + 1], (img_size, img_size))[0] for i in with_mask)
-        masks = (load_mask(mask_paths[i], (img_size, img_size)) for i in with_mask)
-        summary["localisation"] = localisation_scores(cams, masks)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        cams = (scale_cams(raw_cams[i:i + 1], (img_size, img_size))[0] for i in scored)
+        masks = (load_mask(mask_paths[i], (img_size, img_size)) for i in scored)
+        summary["localisation"] = {**localisation_scores(cams, masks),
+                                   "images_with_mask": len(with_mask)}
+        write_json(out_dir / "faithfulness.json", summary["localisation"])  # for the run report
+    write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def unique_name(name: str, used: set, folder: str) -> str:
@@ -456,7 +469,8 @@ def localisation_scores(cams: Iterable[np.ndarray], masks: Iterable,
     row-major order). mean_iou: IoU of (map >= threshold) with the mask. The random baseline draws
     a uniform map per image (seeded): its peak is a uniformly random pixel, so its expected
     pointing game is the mean mask area fraction (`pointing_game_expected`); the empirical value
-    is reported beside it. Masks may be files or arrays; empty masks are skipped and counted.
+    is reported beside it (noisy for few images: compare with the expected value then).
+    Masks may be files or arrays; empty masks are skipped and counted.
     """
     rng = np.random.default_rng(seed)
     hits, ious, random_hits, random_ious, areas, skipped = [], [], [], [], [], 0
@@ -471,12 +485,14 @@ def localisation_scores(cams: Iterable[np.ndarray], masks: Iterable,
             hit_list.append(bool(mask.flat[np.argmax(scores)]))
             iou_list.append(iou(scores >= threshold, mask))
         areas.append(float(mask.mean()))
-    n = len(hits)
-    mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731
-    return {"n": n, "n_skipped_empty_masks": skipped, "threshold": threshold, "seed": seed,
+    return {"n": len(hits), "n_skipped_empty_masks": skipped, "threshold": threshold, "seed": seed,
             "pointing_game": mean(hits), "pointing_game_random": mean(random_hits),
             "pointing_game_expected": mean(areas), "mean_iou": mean(ious),
             "mean_iou_random": mean(random_ious), "mean_mask_area": mean(areas)}
+
+
+def mean(values: list) -> float:
+    return float(np.mean(values)) if values else float("nan")
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -516,7 +532,7 @@ def randomisation_check(model: nn.Module, images: torch.Tensor, target="predicte
             cams = grad_cam(randomised, images, original.targets)
             rhos = [spearmanr(original.cams[i].ravel(), cams[i].ravel())[0] if np.ptp(cams[i]) > 0
                     else 0.0 for i in keep]
-            results.append((step, float(np.mean(rhos)) if rhos else float("nan")))
+            results.append((step, mean(rhos)))
     return results
 
 
@@ -528,7 +544,8 @@ def plot_randomisation(results: Sequence[tuple[str, float]], path_stem=None):
     fig, ax = plt.subplots(figsize=(4.5, 2.8))
     ax.plot(range(len(steps)), values, marker="o")
     ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(steps)), [f"+{s}" if i > 1 else s for i, s in enumerate(steps)])
+    ax.set_xticks(range(len(steps)), [f"+{s}" if i > 1 else s for i, s in enumerate(steps)],
+                  rotation=30, ha="right")
     ax.set_ylim(min(-0.2, min(values) - 0.05), 1.05)
     ax.set_xlabel("randomised (cascading, from the top)")
     ax.set_ylabel("Spearman rank correlation\nwith the original map")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageLoadError, eval_transform, make_loader
-from .features import autocast_for, channels_last
+from .data import make_loader, normalize_batch, uint8_transform
+from .features import inference_pass, lagged
 from .model import build_model, pick_device
 from .split import check_image, find_images, list_labelled_folder, list_split
 
@@ -32,23 +32,41 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     return model.to(pick_device(device)).eval(), checkpoint
 
 
+def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
+                         num_workers: int | None = None, desc: str = "predict",
+                         skip_unreadable: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(P(fake) per item, in order; [(index, reason)] of the files that could not be read).
+
+    Only a batch of images is ever in memory (plus as many as the loader's workers prefetch); what
+    grows with the number of images is one float per image. Unreadable files raise, or with
+    skip_unreadable are listed and get NaN.
+    """
+    device = next(model.parameters()).device
+    loader = make_loader(items, uint8_transform(img_size), batch_size, num_workers=num_workers,
+                         device=device, skip_unreadable=skip_unreadable)
+    probabilities = np.full(len(items), np.nan)
+    failures = []
+    with inference_pass(model, device):
+        def batches():
+            for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+                images, _, indices = batch[:3]
+                failures.extend(batch[3] if skip_unreadable else ())
+                if len(indices):
+                    yield indices, torch.sigmoid(model(normalize_batch(images, mean, std, device)).float())
+        for indices, output in lagged(batches()):
+            probabilities[indices.numpy()] = output.squeeze(1).cpu().numpy()
+    return probabilities, sorted(failures)
+
+
 def predict_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
                           num_workers: int | None = None, desc: str = "predict") -> np.ndarray:
     """P(fake) for each (path, label) in `items`, in order; one batch in memory at a time."""
-    device = next(model.parameters()).device
-    loader = make_loader(items, eval_transform(img_size, mean, std), batch_size,
-                         num_workers=num_workers, device=device)
-    probabilities = np.empty(len(items), dtype=np.float64)
-    with torch.inference_mode(), channels_last(model), autocast_for(device):
-        for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            probabilities[indices.numpy()] = torch.sigmoid(model(images).float()).squeeze(1).cpu().numpy()
-    return probabilities
+    return stream_probabilities(model, items, img_size, mean, std, batch_size, num_workers, desc)[0]
 
 
-def readable_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Expand folders to their images; set aside files that cannot be decoded (with the reason)."""
-    files, skipped = [], []
+def list_images(paths) -> list[Path]:
+    """Expand folders to their images (sorted); files stay as given."""
+    files = []
     for path in map(Path, paths):
         if path.is_dir():
             files += find_images(path)
@@ -56,13 +74,23 @@ def readable_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
             files.append(path)
         else:
             raise FileNotFoundError(f"{path} does not exist.")
-    readable = []
-    for path in files:
-        reason = check_image(path)
-        (skipped.append((path, reason)) if reason else readable.append(path))
+    return files
+
+
+def warn_skipped(skipped: list[tuple[Path, str]], stacklevel: int = 3) -> None:
     if skipped:
         warnings.warn(f"{len(skipped)} file(s) could not be read and were skipped:\n"
-                      + "\n".join(f"  {p}: {why}" for p, why in skipped), stacklevel=2)
+                      + "\n".join(f"  {p}: {why}" for p, why in skipped), stacklevel=stacklevel)
+
+
+def readable_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand folders to their images; set aside files that cannot be decoded (with the reason).
+    Decodes every file: predict_paths does not call this, it skips such files while predicting."""
+    readable, skipped = [], []
+    for path in list_images(paths):
+        reason = check_image(path)
+        (skipped.append((path, reason)) if reason else readable.append(path))
+    warn_skipped(skipped)
     return readable, skipped
 
 
@@ -84,12 +112,18 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
     """P(fake) for every image in `paths` (files or folders); writes CSV or JSON when asked."""
     from .evaluate import write_predictions
     model, checkpoint = load_run(run_dir, device)
-    files, _ = readable_images(paths)
+    files = list_images(paths)
+    # Each file is decoded once: checked and predicted in the same read; the unreadable are
+    # skipped, listed in one warning, and left out of the rows.
+    probabilities, failures = stream_probabilities(
+        model, [(f, -1) for f in files], checkpoint["img_size"], checkpoint["mean"],
+        checkpoint["std"], batch_size, num_workers, skip_unreadable=True)
+    warn_skipped([(files[i], why) for i, why in failures])
+    unreadable = {i for i, _ in failures}
+    keep = [i for i in range(len(files)) if i not in unreadable]
+    files, probabilities = [files[i] for i in keep], probabilities[keep]
     if not files:
         raise ValueError(f"No readable images in {', '.join(map(str, paths))}.")
-    probabilities = predict_probabilities(model, [(f, -1) for f in files], checkpoint["img_size"],
-                                          checkpoint["mean"], checkpoint["std"], batch_size,
-                                          num_workers)
     threshold = checkpoint.get("threshold", 0.5)
     rows = [{"image_id": image_id, "prediction": float(p),
              "predicted_label": "fake" if p >= threshold else "real", "path": str(path)}

@@ -25,7 +25,7 @@ def inject_parameters(notebook, parameters: dict) -> None:
     lines = ["# Parameters injected by `python -m deepfake_detector notebook`"]
     lines += [f"{name} = {value}" for name, value in parameters.items()]
     cell = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": ["injected-parameters"]})
-    cell.pop("id", None)
+    cell["id"] = "injected-parameters"
     notebook.cells.insert(index + 1, cell)
 
 

@@ -287,13 +287,15 @@ def test_explain_images_without_labels_and_with_masks(mixed_model, tmp_path):
     mask[:32, :32] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     summary = explain_images(mixed_model, paths, tmp_path / "cam", img_size=64, max_images=3,
-                             per_outcome=1, mask_paths=[tmp_path / "mask.png", None] * 2)
+                             per_outcome=1, mask_paths=[tmp_path / "mask.png", None] * 2,
+                             target="fake")  # localisation scores the maps that explain "fake"
     assert summary["n_images"] == 3
     assert set(summary["counts"]) <= {"pred_fake", "pred_real"}
     assert {p.parent.name for p in (tmp_path / "cam" / "overlays").glob("*/*.png")} \
         == set(summary["counts"])
     assert summary["localisation"]["n"] == 2
     assert summary["localisation"]["pointing_game_expected"] == pytest.approx(0.25)
+    assert (tmp_path / "cam" / "faithfulness.json").is_file()
 
 
 def test_explain_run_sorts_a_split_folder(mixed_model, tmp_path):

@@ -1,0 +1,434 @@
+"""Training speed: cached features against the plain loop, extraction against the raw forward pass.
+
+    python benchmarks/train_speed.py                  # the issue's figures (about 40 min on 2 cores)
+    python benchmarks/train_speed.py --quick          # a smoke run, about a minute
+    python benchmarks/train_speed.py --device cuda --json outputs/bench-cuda.json
+    python benchmarks/train_speed.py --profile        # also: where the extraction pass spends time
+    python benchmarks/train_speed.py --sweep          # also: extraction vs batch size and workers
+
+Every figure comes from this one run, on this one machine, over the same images: a balanced,
+seeded subset of CIFAKE (real = CIFAR-10, fake = Stable Diffusion; Bird & Lotfi 2024,
+Krizhevsky 2009), split 80/20 into a temporary folder by deepfake_detector.split.
+
+    raw forward       ResNet-18's backbone on pre-made tensors (channels-last, inference mode, AMP on
+                      CUDA, same batch size): the speed limit of any pass over images
+    extraction        cached_features on the training images, cold cache: hashing the files, the
+                      backbone fingerprint, decoding, resizing, the forward pass, writing the cache
+    training          train() end to end, N epochs, cached features (cold cache, extraction
+                      included) against the plain loop (every image through the backbone every epoch)
+    predict           predict_paths over --predict-images files, in a child process of its own so its
+                      peak resident memory is its own
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+
+QUICK = dict(n_images=200, img_size=112, epochs=3, predict_images=1000, forward_images=128)
+
+
+# --- the machine and the memory -------------------------------------------------------------
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, where Linux has it: ru_maxrss would also count
+    the parent's memory at the fork before exec (Linux carries it over), VmHWM starts afresh."""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def pss_mb(pid: int | str = "self") -> float:
+    """Proportional set size: shared pages split among the processes sharing them, so the sum
+    over a process and its forked DataLoader workers is the memory they use together."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
+
+
+class PeakPss:
+    """Samples the PSS of this process plus its worker processes every `every` seconds."""
+
+    def __init__(self, every: float = 0.1):
+        import multiprocessing
+        import threading
+        self.peak, self.every, self.children = 0.0, every, multiprocessing.active_children
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while not self.stop.wait(self.every):
+            with contextlib.suppress(OSError, StopIteration, ValueError):
+                total = pss_mb() + sum(pss_mb(child.pid) for child in self.children())
+                self.peak = max(self.peak, total)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def machine(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    record = {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+              "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    return record
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- the images -------------------------------------------------------------------------------
+
+def link(source: Path, destination: Path) -> None:
+    """A hard link (no copy, no disk); a symbolic link where the filesystem refuses one."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        destination.symlink_to(source)
+
+
+def class_files(data: Path) -> dict[str, list[Path]]:
+    from deepfake_detector.split import find_images
+    return {label: find_images(data / label) for label in ("real", "fake")}
+
+
+def make_split(data: Path, n_images: int, work: Path, seed: int) -> Path:
+    """n_images // 2 per class, drawn with `seed`, linked into work/raw, split 80/20 into work/data."""
+    from deepfake_detector.split import split_dataset
+    rng = random.Random(seed)
+    for label, files in class_files(data).items():
+        if len(files) < n_images // 2:
+            raise SystemExit(f"{data}/{label} holds {len(files)} images; --n-images {n_images} "
+                             f"needs {n_images // 2} per class.")
+        (work / "raw" / label).mkdir(parents=True)
+        for source in rng.sample(files, n_images // 2):
+            link(source, work / "raw" / label / source.name)
+    with warnings.catch_warnings():  # CIFAKE has byte-identical images; split groups them
+        warnings.simplefilter("ignore")
+        split_dataset(work / "raw", work / "data", val_fraction=0.2, seed=seed, link_mode="hardlink")
+    return work / "data"
+
+
+def make_predict_folder(data: Path, n_images: int, folder: Path) -> Path:
+    """n_images links to the CIFAKE files, the whole set repeated as often as needed."""
+    files = [f for fs in class_files(data).values() for f in fs]
+    folder.mkdir(parents=True)
+    for i in range(n_images):
+        link(files[i % len(files)], folder / f"{i // len(files):02d} {files[i % len(files)].name}")
+    return folder
+
+
+# --- the figures ------------------------------------------------------------------------------
+
+def raw_forward(model, n_images: int, batch_size: int, img_size: int, device) -> float:
+    """Images/s of the backbone alone on ready-made input: what extraction can at best reach."""
+    from deepfake_detector.features import inference_pass
+    from deepfake_detector.model import backbone_features
+    images = torch.randn(batch_size, 3, img_size, img_size, device=device) \
+        .contiguous(memory_format=torch.channels_last)
+    n_batches = max(1, n_images // batch_size)
+    with inference_pass(model, device):
+        backbone_features(model, images)  # warm-up: oneDNN primitives, cuDNN autotuning
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(n_batches):
+            backbone_features(model, images)
+        synchronize(device)
+    return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def extraction(model, items, args, device, cache_dir: Path) -> float:
+    """Images/s of cached_features on a cold cache, everything included."""
+    from deepfake_detector.features import cached_features
+    start = time.perf_counter()
+    cached_features(model, items, args.img_size, cache_dir=cache_dir, batch_size=args.batch_size,
+                    device=device, num_workers=args.num_workers, log=lambda message: None)
+    synchronize(device)
+    return len(items) / (time.perf_counter() - start)
+
+
+def train_once(data_dir: Path, out: Path, cache: bool, args, weights: str) -> dict:
+    from deepfake_detector.train import TrainConfig, train
+    config = TrainConfig(data_dir=str(data_dir), out_dir=str(out), weights=weights,
+                         img_size=args.img_size, epochs=args.epochs, batch_size=args.train_batch_size,
+                         patience=args.patience or args.epochs, seed=args.seed,
+                         cache_features=cache, cache_dir=str(out.parent / f"cache-{out.name}"),
+                         device=args.device, num_workers=args.num_workers)
+    start = time.perf_counter()
+    run_dir = train(config, log_to_console=False)
+    wall = time.perf_counter() - start
+    read = lambda name: json.loads((run_dir / name).read_text())  # noqa: E731
+    return {"wall_s": wall, "train_s": read("config.json")["train_seconds"],
+            "epochs_run": len(read("history.json")), "history": read("history.json"),
+            "metrics": read("metrics_val.json"), "run_dir": str(run_dir)}
+
+
+def predict_in_child(run_dir: str, folder: Path, args) -> dict:
+    """predict_paths in a fresh interpreter: its peak RSS is predict's own, not this process's."""
+    command = [sys.executable, __file__, "--predict-child", run_dir, str(folder),
+               "--batch-size", str(args.batch_size), "--device", args.device]
+    if args.num_workers is not None:
+        command += ["--num-workers", str(args.num_workers)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"predict child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def predict_child(run_dir: str, folder: str, batch_size: int, device: str, num_workers) -> None:
+    from deepfake_detector.inference import predict_paths
+    start = time.perf_counter()
+    sampler = PeakPss() if Path("/proc/self/smaps_rollup").exists() else contextlib.nullcontext()
+    with sampler:
+        rows = predict_paths(run_dir, [folder], batch_size=batch_size, device=device,
+                             num_workers=num_workers)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"n_images": len(rows), "seconds": seconds,
+                      "images_per_s": len(rows) / seconds, "peak_rss_mb": peak_rss_mb(),
+                      "peak_pss_with_workers_mb": getattr(sampler, "peak", None)}))
+
+
+# --- optional: a profile and a sweep ------------------------------------------------------------
+
+PROFILE_GROUPS = {  # function name -> what it stands for, in the summary
+    "backbone_features": "backbone forward (convolutions)",
+    "__getitem__": "per image: read + decode + resize (ImageDataset)",
+    "collate": "stacking a batch (default_collate)",
+    "normalize_batch": "uint8 -> normalised float, per batch",
+    "files_digest": "hashing the files (cache key)",
+    "backbone_fingerprint": "hashing the weights (cache key)",
+    "save": "writing the cache (torch.save)",
+}
+
+
+def profile_extraction(model, items, args, device, cache_dir: Path) -> dict:
+    """cProfile over one cold cached_features pass with the decoding in this process (0 workers),
+    so that every per-image cost shows; returns the summary and prints the top functions."""
+    from deepfake_detector.features import cached_features
+    profiler = cProfile.Profile()
+    profiler.enable()
+    cached_features(model, items, args.img_size, cache_dir=cache_dir, batch_size=args.batch_size,
+                    device=device, num_workers=0, log=lambda message: None)
+    synchronize(device)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = max(stats.total_tt, 1e-9)
+    summary = {}
+    for (_, _, name), (_, _, _, cumulative, _) in stats.stats.items():
+        if name in PROFILE_GROUPS:
+            group = PROFILE_GROUPS[name]
+            summary[group] = max(summary.get(group, 0.0), cumulative)
+    summary["total"] = total
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
+    print("\nProfile of one extraction pass (0 workers, cProfile, top 15 by own time):")
+    print("\n".join(line for line in text.getvalue().splitlines()[6:] if line.strip()))
+    print(f"\n{'where the time goes':52} {'seconds':>8} {'share':>6}")
+    for group, seconds in sorted(summary.items(), key=lambda kv: -kv[1]):
+        print(f"{group:52} {seconds:8.2f} {seconds / total:6.1%}")
+    return summary
+
+
+def sweep(model, items, args, device) -> list[dict]:
+    """Extraction images/s (no cache) for each batch size and worker count, raw forward beside."""
+    from deepfake_detector.features import extract_features
+    results = []
+    for batch_size in (32, 64, 128):
+        forward = raw_forward(model, len(items), batch_size, args.img_size, device)
+        for workers in (0, 1, 2):
+            start = time.perf_counter()
+            extract_features(model, items, args.img_size, batch_size=batch_size, device=device,
+                             num_workers=workers)
+            synchronize(device)
+            rate = len(items) / (time.perf_counter() - start)
+            results.append({"batch_size": batch_size, "num_workers": workers,
+                            "extraction_images_per_s": rate, "raw_forward_images_per_s": forward})
+            print(f"sweep: batch {batch_size:4d}, workers {workers}: extraction {rate:7.1f} img/s, "
+                  f"raw forward {forward:7.1f} img/s, ratio {rate / forward:.2f}", flush=True)
+    return results
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def report(r: dict) -> str:
+    m, a, c, p, q = r["machine"], r["args"], r["cached"], r["plain"], r["predict"]
+    lines = [
+        f"deepfake-detector train_speed  {m['date']}  {m['cpu']} ({m['cores']} cores, "
+        f"{m['torch_threads']} torch threads)  {m.get('gpu', m['device'])}  torch {m['torch']}",
+        f"{a['n_images']} CIFAKE images ({r['n_train']} train / {r['n_val']} val) at "
+        f"{a['img_size']} px, batch {a['batch_size']}, workers {r['num_workers']}, "
+        f"weights {r['weights']}",
+        "",
+        f"{'':40} {'value':>12}   {'ratio':>8}   target",
+        f"{'raw forward (backbone), images/s':40} {r['raw_forward']:12.1f}",
+        f"{'extraction (cold cache), images/s':40} {r['extraction']:12.1f}   "
+        f"{r['extraction'] / r['raw_forward']:7.2f}x   >= 0.85x raw forward",
+    ]
+    if p is not None:
+        lines += ["", f"{a['epochs']} epochs, end to end ({c['epochs_run']} run)"
+                  f"{'':9} {'cached':>12}   {'plain':>8}   plain / cached",
+                  f"{'  train() wall time, s':40} {c['wall_s']:12.1f}   {p['wall_s']:8.1f}   "
+                  f"{p['wall_s'] / c['wall_s']:.2f}x (target >= 6x)",
+                  f"{'  of which training, s':40} {c['train_s']:12.1f}   {p['train_s']:8.1f}   "
+                  f"{p['train_s'] / c['train_s']:.2f}x"]
+        for key in ("accuracy", "roc_auc"):
+            lines.append(f"{'  val ' + key:40} {c['metrics'][key]:12.4f}   {p['metrics'][key]:8.4f}   "
+                         f"|diff| {abs(c['metrics'][key] - p['metrics'][key]):.1e}")
+        lines.append(f"{'  max |diff| over history and metrics':40} {r['max_metric_diff']:12.1e}"
+                     f"{'':14}target <= 1e-3")
+    else:
+        lines += ["", f"{a['epochs']} epochs, cached: train() {c['wall_s']:.1f} s (plain loop skipped)"]
+    lines += [
+        "",
+        f"{'predict, images/s':40} {q['images_per_s']:12.1f}   "
+        f"{q['images_per_s'] / r['raw_forward']:7.2f}x   of raw forward ({q['n_images']} images)",
+        f"{'predict peak RSS, MB':40} {q['peak_rss_mb']:12.0f}{'':14}< 2048 MB",
+        f"{'predict peak PSS with its workers, MB':40} {fmt(q['peak_pss_with_workers_mb'], '12.0f')}",
+        f"{'this process peak RSS (training), MB':40} {r['peak_rss_mb']:12.0f}",
+        f"{'benchmark wall time, s':40} {r['total_s']:12.0f}",
+    ]
+    return "\n".join(lines)
+
+
+def fmt(value, spec: str) -> str:
+    return format(value, spec) if value is not None else "n/a".rjust(int(spec.split(".")[0]))
+
+
+def max_metric_diff(cached: dict, plain: dict) -> float:
+    """The largest difference between the two paths over every epoch's numbers and the final ones."""
+    diffs = [abs(c[k] - p[k]) for c, p in zip(cached["history"], plain["history"])
+             for k in ("train_loss", "val_loss", "val_acc", "val_auc") if c[k] is not None]
+    diffs += [abs(cached["metrics"][k] - plain["metrics"][k])
+              for k in ("accuracy", "roc_auc", "average_precision")]
+    return max(diffs)
+
+
+def resolve_weights(choice: str) -> str:
+    """"auto": torchvision's ImageNet file where it is on disk already, random init otherwise
+    (never a download: speed does not depend on the weights, only the val metrics do)."""
+    if choice != "auto":
+        return choice
+    from deepfake_detector.model import IMAGENET_FILE, torch_checkpoint_dir
+    return "imagenet" if (torch_checkpoint_dir() / IMAGENET_FILE).is_file() else "none"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="/work/shared/data/cifake-dev",
+                        help="a folder holding real/ and fake/ (CIFAKE)")
+    parser.add_argument("--n-images", type=int, default=4000, help="balanced subset, 80/20 split")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=None,
+                        help="early stopping (default: = epochs, so all of them are timed)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="raw forward, extraction and predict (train() extracts with 64)")
+    parser.add_argument("--train-batch-size", type=int, default=32, help="the head's batches")
+    parser.add_argument("--num-workers", type=int, default=None, help="default: data.default_num_workers")
+    parser.add_argument("--forward-images", type=int, default=512, help="images for the raw forward")
+    parser.add_argument("--predict-images", type=int, default=20000)
+    parser.add_argument("--weights", default="auto",
+                        help='"imagenet", "none", a .pth path, or "auto" (ImageNet if on disk)')
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-plain", action="store_true", help="leave out the (slow) plain loop")
+    parser.add_argument("--profile", action="store_true", help="cProfile one extraction pass too")
+    parser.add_argument("--sweep", action="store_true", help="extraction per batch size x workers")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
+    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--predict-child", nargs=2, metavar=("RUN", "FOLDER"), help=argparse.SUPPRESS)
+    quick = parser.parse_known_args(argv)[0].quick
+    if quick:  # smaller defaults; anything given on the command line still wins
+        parser.set_defaults(**QUICK)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.predict_child:
+        return predict_child(*args.predict_child, args.batch_size, args.device, args.num_workers)
+    from deepfake_detector.data import default_num_workers
+    from deepfake_detector.model import build_model
+    from deepfake_detector.split import list_split
+
+    begin = time.perf_counter()
+    device = torch.device(args.device)
+    weights = resolve_weights(args.weights)
+    result = {"machine": machine(device), "args": vars(args), "weights": weights,
+              "num_workers": default_num_workers() if args.num_workers is None else args.num_workers}
+    with tempfile.TemporaryDirectory(prefix="train_speed-") as temporary:
+        work = Path(temporary)
+        data_dir = make_split(Path(args.data), args.n_images, work, args.seed)
+        train_items = list_split(data_dir, "train")
+        result["n_train"], result["n_val"] = len(train_items), len(list_split(data_dir, "val"))
+        model = build_model(weights, seed=args.seed)[0].to(device)
+        print(f"{result['n_train']} + {result['n_val']} images split into {data_dir}", flush=True)
+
+        result["raw_forward"] = raw_forward(model, args.forward_images, args.batch_size,
+                                            args.img_size, device)
+        result["extraction"] = extraction(model, train_items, args, device, work / "cache-extraction")
+        print(f"raw forward {result['raw_forward']:.1f} img/s, extraction "
+              f"{result['extraction']:.1f} img/s", flush=True)
+        if args.profile:
+            result["profile"] = profile_extraction(model, train_items, args, device, work / "cache-profile")
+        if args.sweep:
+            result["sweep"] = sweep(model, train_items[:min(len(train_items), 512)], args, device)
+
+        result["cached"] = train_once(data_dir, work / "cached", True, args, weights)
+        print(f"cached: {result['cached']['wall_s']:.1f} s", flush=True)
+        result["plain"] = None
+        if not args.skip_plain:
+            result["plain"] = train_once(data_dir, work / "plain", False, args, weights)
+            result["max_metric_diff"] = max_metric_diff(result["cached"], result["plain"])
+            print(f"plain: {result['plain']['wall_s']:.1f} s", flush=True)
+        result["peak_rss_mb"] = peak_rss_mb()
+
+        folder = make_predict_folder(Path(args.data), args.predict_images, work / "predict")
+        result["predict"] = predict_in_child(result["cached"]["run_dir"], folder, args)
+    result["total_s"] = time.perf_counter() - begin
+    print("\n" + report(result))
+    if args.json:
+        for run in ("cached", "plain"):
+            if result[run]:
+                result[run].pop("run_dir")  # a temporary folder, gone by now
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

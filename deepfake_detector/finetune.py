@@ -1,0 +1,245 @@
+"""Phase 2, for comparison: fine-tune layer4 of a trained run, and report both phases side by side.
+
+Phase 1 (train.py) fits the head on a frozen backbone. Phase 2 starts from that converged head
+and lets the last residual stage, layer4, adapt too, at a learning rate ten times lower than the
+head's: the ImageNet features should bend towards the task, not be overwritten by a small data set.
+
+What stays fixed, and why:
+- conv1 .. layer3 keep their weights (requires_grad False), so their output for an image never
+  changes. Without augmentation that output (layer3's) is computed once and layer4 + head train
+  on it: the same numbers as the full forward pass, a fraction of the cost.
+- Every BatchNorm layer stays in eval mode, layer4's included: it normalises with the running
+  statistics it was trained with and never updates them. Batches of 32 from a small data set
+  give noisy batch statistics, and letting the running averages drift towards them would change
+  the features under the head at every step. BatchNorm's scale and shift in layer4 do learn:
+  they are ordinary parameters of layer4.
+
+The result is a new run directory (never an overwrite; default RUN-finetune-layer4) with the
+layout train.py writes, so inference, evaluation, Grad-CAM and robustness work on it unchanged,
+plus tables/phases.{md,csv,tex}: phase 1 and phase 2 on the same validation split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import CLASS_TO_IDX
+from .data import eval_transform, make_loader, train_transform
+from .evaluate import write_report, write_table
+from .features import channels_last
+from .inference import load_run
+from .split import list_split
+from .train import (RunExistsError, RunLog, TrainConfig, epoch_orders, feature_batches,
+                    finish_run, fit, image_batches, prepare_run_dir, random_init_banner, run_epoch,
+                    save_run, seed_everything)
+
+SUFFIX = "-finetune-layer4"
+HEAD_LR_FACTOR = 10                        # the head learns 10x faster than layer4 by default
+LAYER3_CACHE_MAX_BYTES = 2 * 1024 ** 3     # above this, stream images (layer3 outputs are big)
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """The phase-1 run's config, with phase 2's own settings; saved as config.json."""
+    parent_run: str = ""                    # the phase-1 run this one continues
+    head_lr: float = 0.0                    # Adam on fc; `lr` is layer4's
+    trainable: tuple = ("layer4", "fc")
+    cache_layer3: bool = True               # train on cached layer3 outputs when possible
+    layer3_cached: bool = False             # whether it was possible (no augmentation, fits)
+    trainable_parameters: int = 0
+
+
+# ----------------------------------------------------------------------------- the model
+
+def unfreeze_layer4(model: nn.Module) -> int:
+    """layer4 and fc learn, everything before stays as it is; BatchNorm in eval mode (see the
+    module docstring). Returns the number of trainable parameters."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith(("layer4.", "fc."))
+    model.eval()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def up_to_layer3(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The frozen part: (N, 3, H, W) images -> (N, 256, H/16, W/16) layer3 output."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
+    return model.layer3(model.layer2(model.layer1(x)))
+
+
+def layer4_and_head(model: nn.Module) -> nn.Sequential:
+    """The trained part as one module on layer3 outputs; it shares its layers with `model`."""
+    return nn.Sequential(model.layer4, model.avgpool, nn.Flatten(1), model.fc)
+
+
+class TrainedPart:
+    """layer4 + fc in the shape train.fit expects of its `head`: fit gives parameters() to Adam
+    (here two parameter groups, each with its own learning rate) and keeps the best state_dict()
+    for early stopping."""
+
+    def __init__(self, model: nn.Module, lr: float, head_lr: float):
+        self.model, self.lr, self.head_lr = model, lr, head_lr
+
+    def parameters(self):
+        return [{"params": list(self.model.layer4.parameters()), "lr": self.lr},
+                {"params": list(self.model.fc.parameters()), "lr": self.head_lr}]
+
+    def state_dict(self) -> dict:
+        return {"layer4": self.model.layer4.state_dict(), "fc": self.model.fc.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.layer4.load_state_dict(state["layer4"])
+        self.model.fc.load_state_dict(state["fc"])
+
+
+def layer3_outputs(model, items, img_size: int, batch_size: int, device, num_workers,
+                   desc: str) -> torch.Tensor:
+    """layer3 outputs of `items`, in order, on the CPU. no_grad rather than inference_mode:
+    layer4 trains on these, and autograd refuses inference-mode tensors as saved inputs."""
+    loader = make_loader(items, eval_transform(img_size), batch_size, num_workers=num_workers,
+                         device=device)
+    outputs = None
+    with torch.no_grad():
+        for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
+            batch = up_to_layer3(model, images.to(device)).float().cpu()
+            if outputs is None:
+                outputs = torch.empty(len(items), *batch.shape[1:])
+            outputs[indices] = batch
+    return outputs
+
+
+def layer3_bytes(model, img_size: int, n_images: int) -> int:
+    with torch.no_grad():
+        probe = up_to_layer3(model, torch.zeros(1, 3, img_size, img_size,
+                                                device=next(model.parameters()).device))
+    return probe.numel() * 4 * n_images
+
+
+# ----------------------------------------------------------------------------- phase 2
+
+def phase2_config(parent: Path, out: Path, **settings) -> FinetuneConfig:
+    """The phase-1 config (same data, image size, seed, augmentation) with phase 2's settings."""
+    path = parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"No config.json in {parent}: is it a run directory made by "
+                                "`python -m deepfake_detector train`?")
+    recorded = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = FinetuneConfig(**{k: v for k, v in recorded.items() if k in known})
+    return dataclasses.replace(config, out_dir=str(out), parent_run=str(parent), overwrite=False,
+                               cache_features=False, **settings)
+
+
+def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | None = None,
+                    epochs: int = 10, patience: int = 3, batch_size: int | None = None,
+                    cache_layer3: bool = True, device: str = "auto", num_workers: int | None = None,
+                    log_to_console: bool = True) -> Path:
+    """Phase 2 of `run_dir`: layer4 at `lr`, the head at `head_lr` (default 10 x lr; a head
+    that has converged needs only small corrections as layer4 moves, and the ratio stays the same
+    whatever phase 1 used), Adam, early stopping on the val loss with the best state restored.
+    Returns the new run directory (default run_dir + "-finetune-layer4"; never overwritten)."""
+    parent = Path(run_dir)
+    out = Path(out_dir) if out_dir else parent.with_name(parent.name + SUFFIX)
+    if out.exists() and any(out.iterdir()):
+        raise RunExistsError(f"{out} already exists and is not empty; phase 2 never overwrites a "
+                             "run. Choose another --out, or delete that folder yourself.")
+    head_lr = HEAD_LR_FACTOR * lr if head_lr is None else head_lr
+    settings = dict(lr=lr, head_lr=head_lr, epochs=epochs, patience=patience,
+                    cache_layer3=cache_layer3, device=device, num_workers=num_workers)
+    if batch_size is not None:
+        settings["batch_size"] = batch_size
+    config = phase2_config(parent, out, **settings)
+
+    model, checkpoint = load_run(parent, config.device)
+    device = next(model.parameters()).device
+    run_dir = prepare_run_dir(str(out), overwrite=False)
+    log = RunLog(run_dir, echo=log_to_console)
+    generator = seed_everything(config.seed)
+    if not checkpoint["weights"].get("pretrained", True):
+        log(random_init_banner(checkpoint["weights"].get("note", "")))
+    config.trainable_parameters = unfreeze_layer4(model)
+    log(f"phase 2 of {parent}: layer4 at lr {lr:g}, head at lr {head_lr:g}; "
+        f"{config.trainable_parameters:,} trainable parameters; BatchNorm statistics frozen")
+
+    train_items = list_split(config.data_dir, "train")
+    val_items = list_split(config.data_dir, "val")
+    counts = {split: {name: sum(1 for _, y in items if y == index)
+                      for name, index in CLASS_TO_IDX.items()}
+              for split, items in (("train", train_items), ("val", val_items))}
+    pos_weight = counts["train"]["real"] / counts["train"]["fake"]  # as in phase 1
+    augmentation = config.augmentation if config.augment else None
+    config.layer3_cached = bool(cache_layer3 and not augmentation and layer3_bytes(
+        model, config.img_size, len(train_items) + len(val_items)) <= LAYER3_CACHE_MAX_BYTES)
+    order_per_epoch = epoch_orders(len(train_items), config.epochs, generator)
+    part = TrainedPart(model, lr, head_lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    start = time.perf_counter()
+    if config.layer3_cached:
+        common = dict(img_size=config.img_size, batch_size=64, device=device,
+                      num_workers=config.num_workers)
+        train_x = layer3_outputs(model, train_items, desc="train layer3", **common)
+        val_x = layer3_outputs(model, val_items, desc="val layer3", **common)
+        train_y = torch.tensor([y for _, y in train_items])
+        val_y = torch.tensor([y for _, y in val_items])
+        module = layer4_and_head(model)
+        history, best_epoch = fit(
+            module, part,
+            lambda epoch: feature_batches(train_x, train_y, config.batch_size, order_per_epoch[epoch - 1]),
+            lambda: feature_batches(val_x, val_y, config.batch_size),
+            config, pos_weight, device, log)
+        with torch.no_grad():
+            _, _, val_logits, _ = run_epoch(module, feature_batches(val_x, val_y, config.batch_size),
+                                            loss_fn, None, device)
+    else:
+        train_tf = train_transform(config.img_size, augmentation)
+        val_tf = eval_transform(config.img_size)
+        with channels_last(model):
+            history, best_epoch = fit(
+                model, part,
+                lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device),
+                lambda: image_batches(val_items, val_tf, config, None, device),
+                config, pos_weight, device, log)
+            _, _, val_logits, _ = run_epoch(model, image_batches(val_items, val_tf, config, None, device),
+                                            loss_fn, None, device)
+    train_seconds = time.perf_counter() - start
+    log(f"phase 2 took {train_seconds:.1f} s ({'cached layer3 outputs' if config.layer3_cached else 'full forward passes'})")
+
+    model.cpu()
+    save_run(run_dir, model, config, checkpoint["weights"], history, best_epoch, counts, train_seconds)
+    finish_run(run_dir, val_items, torch.sigmoid(val_logits).numpy(), config, history, best_epoch,
+               data_dir=config.data_dir, log=log)
+    write_table(phase_rows(parent, run_dir, sum(p.numel() for p in model.fc.parameters())),
+                run_dir / "tables" / "phases",
+                caption="Phase 1 (head on a frozen backbone) and phase 2 (layer4 fine-tuned) on the "
+                        "same validation split, which chose each phase's early-stopping epoch and "
+                        "threshold: optimistic for both. Phase 2 starts from phase 1, so its time "
+                        "adds to phase 1's.")
+    write_report(run_dir)
+    return run_dir
+
+
+def phase_rows(phase1: Path, phase2: Path, phase1_parameters: int) -> list[dict]:
+    """One row per phase from the two run directories' metrics_val.json and config.json."""
+    rows = []
+    for phase, run in (("1: head, frozen backbone", phase1), ("2: layer4 + head", phase2)):
+        metrics = json.loads((run / "metrics_val.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        rows.append({
+            "phase": phase, "run": run.name,
+            "val accuracy": metrics["accuracy"],
+            "val accuracy (val threshold)": metrics.get("accuracy_at_val_threshold"),
+            "val ROC-AUC": metrics["roc_auc"], "val AP": metrics["average_precision"],
+            "val EER": metrics["eer"],
+            "best epoch": config.get("best_epoch"),
+            "train seconds": config.get("train_seconds"),
+            "trainable parameters": config.get("trainable_parameters", phase1_parameters),
+        })
+    return rows
+
