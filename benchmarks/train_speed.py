@@ -255,29 +255,42 @@ def profile_extraction(model, items, args, device, cache_dir: Path) -> dict:
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(15)
     print("\nProfile of one extraction pass (0 workers, cProfile, top 15 by own time):")
-    print("\n".join(line for line in text.getvalue().splitlines()[6:] if line.strip()))
+    lines = text.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    print("\n".join(line for line in lines[start:] if line.strip()))
     print(f"\n{'where the time goes':52} {'seconds':>8} {'share':>6}")
     for group, seconds in sorted(summary.items(), key=lambda kv: -kv[1]):
         print(f"{group:52} {seconds:8.2f} {seconds / total:6.1%}")
     return summary
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (DataLoader workers): on a busy machine
+    a steadier measure of the work a setting costs than the wall clock."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def sweep(model, items, args, device) -> list[dict]:
-    """Extraction images/s (no cache) for each batch size and worker count, raw forward beside."""
+    """Extraction (no cache) for each batch size and worker count, raw forward beside it."""
     from deepfake_detector.features import extract_features
     results = []
     for batch_size in (32, 64, 128):
         forward = raw_forward(model, len(items), batch_size, args.img_size, device)
         for workers in (0, 1, 2):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             extract_features(model, items, args.img_size, batch_size=batch_size, device=device,
                              num_workers=workers)
             synchronize(device)
-            rate = len(items) / (time.perf_counter() - start)
+            seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
             results.append({"batch_size": batch_size, "num_workers": workers,
-                            "extraction_images_per_s": rate, "raw_forward_images_per_s": forward})
-            print(f"sweep: batch {batch_size:4d}, workers {workers}: extraction {rate:7.1f} img/s, "
-                  f"raw forward {forward:7.1f} img/s, ratio {rate / forward:.2f}", flush=True)
+                            "extraction_images_per_s": len(items) / seconds,
+                            "cpu_ms_per_image": 1e3 * cpu / len(items),
+                            "raw_forward_images_per_s": forward})
+            print(f"sweep: batch {batch_size:4d}, workers {workers}: extraction "
+                  f"{len(items) / seconds:7.1f} img/s ({1e3 * cpu / len(items):6.1f} CPU-ms/img), "
+                  f"raw forward {forward:7.1f} img/s, ratio {len(items) / seconds / forward:.2f}",
+                  flush=True)
     return results
 
 
@@ -389,7 +402,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     weights = resolve_weights(args.weights)
     result = {"machine": machine(device), "args": vars(args), "weights": weights,
-              "num_workers": default_num_workers() if args.num_workers is None else args.num_workers}
+              "num_workers": default_num_workers(device) if args.num_workers is None
+              else args.num_workers}
     with tempfile.TemporaryDirectory(prefix="train_speed-") as temporary:
         work = Path(temporary)
         data_dir = make_split(Path(args.data), args.n_images, work, args.seed)

@@ -273,8 +273,8 @@ def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
 
     Returns the findings (JSON-ready); `flags` lists every problem found, and they are also
     issued as one AuditWarning. Writes audit.json, audit.md, tables/audit_*.{md,csv,tex} and
-    figures/audit_file_size.{png,pdf} to out_dir: by default data_dir itself when it is a split
-    made by split_dataset, otherwise outputs/audit/<folder name> (raw data are only ever read)."""
+    figures/audit_file_size.{png,pdf} to out_dir: by default data_dir/audit/ when data_dir is a
+    split made by split_dataset, otherwise outputs/audit/<folder name> (raw data are only read)."""
     data_dir = Path(data_dir)
     records, source, unreadable = image_records(data_dir)
     if not records:
@@ -287,11 +287,12 @@ def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
 
     flags = categorical_flags(dists) + size_flags
     if separable["best"] is not None and separable["best"] > SEPARABLE_BALANCED_ACCURACY:
+        best = separable["best_single_property"]
         flags.append(
             f"metadata alone separates real from fake with balanced accuracy "
             f"{separable['best']:.2f} (cross-validated; logistic regression on all properties "
-            f"{separable['logistic_regression']:.2f}, best single property "
-            f"{separable['best_single_property']} {separable['stumps'][separable['best_single_property']]:.2f})")
+            f"{separable['logistic_regression']:.2f}, best single property {best} "
+            f"{separable['stumps'][best]:.2f})")
     flags += duplicate_flags(dups)
     if unreadable:
         flags.append(f"{len(unreadable)} file(s) could not be read, e.g. {unreadable[0]['path']}: "
@@ -312,8 +313,10 @@ def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
                        "separable_balanced_accuracy": SEPARABLE_BALANCED_ACCURACY},
         "flags": flags,
     }
-    out = Path(out_dir) if out_dir else (
-        data_dir if source == "manifest" else Path("outputs") / "audit" / data_dir.resolve().name)
+    if out_dir is None:
+        out_dir = data_dir / "audit" if source == "manifest" else \
+            Path("outputs") / "audit" / data_dir.resolve().name
+    out = Path(out_dir)
     write_audit(findings, records, out)
     findings["out_dir"] = str(out)
     if flags:

@@ -111,7 +111,7 @@ def add_audit(commands):
     p = commands.add_parser("audit", help="look for real/fake shortcuts and duplicates in the data")
     p.add_argument("--data", default="data", help="a split, or any folder with real/ and fake/")
     p.add_argument("--out", default=None,
-                   help="default: the split folder, or outputs/audit/<name> for other folders")
+                   help="default: DATA/audit for a split, outputs/audit/<name> for other folders")
 
 
 def add_robustness(commands):

@@ -12,6 +12,7 @@ and to copy to a GPU, and it arrives already in the channels-last layout the mod
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from torchvision import transforms
 
 # The statistics ImageNet-pretrained backbones were trained with; inputs must match them.
@@ -124,9 +125,16 @@ def normalize_batch(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     copy to the device moves uint8 (4x less), and the float work runs once per batch, threaded.
     """
     images = images.to(device, non_blocking=True).permute(0, 3, 1, 2)  # a view: NHWC in memory
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    mean, std = channel_stats(tuple(mean), tuple(std), images.device)
     return images.float().div_(255).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=16)
+def channel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean and std as (1, 3, 1, 1) tensors on `device`, made once: a fresh copy to a GPU for every
+    batch would wait for the GPU to finish its queue, and the next batch could not be queued."""
+    return tuple(torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                 for values in (mean, std))
 
 
 def denormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -161,6 +169,19 @@ class ImageDataset(Dataset):
         return self.transform(image), label, index
 
 
+def collate(samples):
+    """(images, labels, indices) as default_collate makes them, but in the main process the images
+    are stacked by NumPy, on one thread: torch.stack starts OpenMP threads, which for a few MB of
+    pixels cost more than they save, and far more while another process holds a core (a stall of
+    up to a second per batch, measured on 2 busy cores). In a worker (one thread) default_collate
+    stacks straight into shared memory, which saves a copy on the way to the main process."""
+    if get_worker_info() is not None:
+        return default_collate(samples)
+    images, labels, indices = zip(*samples)
+    return (torch.from_numpy(np.stack([image.numpy() for image in images])),
+            torch.tensor(labels), torch.tensor(indices))
+
+
 def collate_skipping(samples):
     """(images, labels, indices, [(index, reason) of the files that could not be read])."""
     failed = [(index, reason) for image, reason, index in samples if image is None]
@@ -168,19 +189,23 @@ def collate_skipping(samples):
     if not good:
         empty = torch.empty(0, dtype=torch.long)
         return torch.empty(0), empty, empty, failed
-    return (*default_collate(good), failed)
+    return (*collate(good), failed)
 
 
-def default_num_workers() -> int:
-    """One decoding process per spare core, at most 4 (the model needs the rest).
+def default_num_workers(device: torch.device | str = "cpu") -> int:
+    """Decoding processes for a loader feeding `device`.
 
-    Measured on 2 cores (benchmarks/train_speed.py --sweep, 32 px JPEGs at 224 px): with the
-    uint8 hand-over the per-image work is ~1 ms against ~30 ms of ResNet-18, so 0 and 1 workers
-    are within noise of each other, and 1 worker keeps large photos (10-100 ms to decode) off the
-    model's critical path. A worker per core oversubscribes it: the model's OpenMP threads then
-    wait on each other whenever one is pre-empted.
+    On the CPU the model's threads already use every core, so a worker only pays when cores are
+    left over. Measured on 2 cores (AMD EPYC, 32 px JPEGs resized to 224 px, batch 64): one pass
+    costs 72-78 CPU-ms per image with 0 workers, 78-84 with 1 and 81-88 with 2; the per-image work
+    is ~1 ms against ~70 CPU-ms of ResNet-18, and a worker on a core the model's OpenMP threads
+    are using makes them wait for each other. Hence none on 2 cores; one per spare core, at most 4,
+    above that (unmeasured: the previous default). A GPU leaves the cores to decoding: up to 8.
     """
-    return min(4, max(0, (os.cpu_count() or 1) - 1))
+    cores = os.cpu_count() or 1
+    if torch.device(device).type in ("cuda", "mps"):
+        return min(8, max(0, cores - 1))
+    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 def make_loader(items, transform, batch_size: int = 32, sampler=None,
@@ -188,10 +213,10 @@ def make_loader(items, transform, batch_size: int = 32, sampler=None,
                 device: torch.device | str = "cpu", skip_unreadable: bool = False) -> DataLoader:
     """Batches of (images, labels, indices) in `sampler` order (default: as listed); with
     skip_unreadable, (images, labels, indices, failures) as `collate_skipping` makes them."""
-    num_workers = default_num_workers() if num_workers is None else num_workers
+    num_workers = default_num_workers(device) if num_workers is None else num_workers
     return DataLoader(
         ImageDataset(items, transform, skip_unreadable), batch_size=batch_size, sampler=sampler,
         generator=generator, num_workers=num_workers,
-        collate_fn=collate_skipping if skip_unreadable else None,
+        collate_fn=collate_skipping if skip_unreadable else collate,
         pin_memory=torch.device(device).type == "cuda",  # faster host-to-GPU copies
     )

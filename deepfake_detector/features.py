@@ -37,12 +37,17 @@ def channels_last(model: torch.nn.Module):
         model.to(memory_format=torch.contiguous_format)
 
 
-def autocast_for(device: torch.device):
-    """Mixed precision on CUDA (bf16 where supported); full float32 elsewhere."""
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full float32 elsewhere."""
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def autocast_for(device: torch.device):
+    dtype = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 \
+        else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -113,13 +118,15 @@ def files_digest(items) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed) -> str:
+def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
+              precision: torch.dtype = torch.float32) -> str:
+    """`precision`: what the backbone computed in (bf16 features on a GPU are not fp32 ones)."""
     material = {
         "format": CACHE_FORMAT, "files": files_digest(items), "n": len(items),
         "img_size": img_size, "mean": list(mean), "std": list(std),
         "augmentation": augmentation or None, "n_views": n_views,
         "seed": seed if augmentation else None,
-        "backbone": backbone_fingerprint(model),
+        "backbone": backbone_fingerprint(model), "precision": str(precision),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
@@ -135,9 +142,11 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
     augmentation costs K backbone passes in all instead of one per epoch.
     """
     views = n_views if augmentation else 1
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     path = None
     if cache_dir is not None:
-        key = cache_key(model, items, img_size, mean, std, augmentation, views, seed)
+        key = cache_key(model, items, img_size, mean, std, augmentation, views, seed,
+                        autocast_dtype(device))
         path = Path(cache_dir) / f"features-{key[:24]}.pt"
         if path.exists():
             stored = torch.load(path, map_location="cpu", weights_only=True)

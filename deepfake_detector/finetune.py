@@ -31,7 +31,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import CLASS_TO_IDX
-from .data import eval_transform, make_loader, train_transform
+from .data import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, normalize_batch,
+                   train_transform, uint8_transform)
 from .evaluate import write_report, write_table
 from .features import channels_last
 from .inference import load_run
@@ -98,16 +99,17 @@ class TrainedPart:
         self.model.fc.load_state_dict(state["fc"])
 
 
-def layer3_outputs(model, items, img_size: int, batch_size: int, device, num_workers,
+def layer3_outputs(model, items, img_size: int, mean, std, batch_size: int, device, num_workers,
                    desc: str) -> torch.Tensor:
-    """layer3 outputs of `items`, in order, on the CPU. no_grad rather than inference_mode:
-    layer4 trains on these, and autograd refuses inference-mode tensors as saved inputs."""
-    loader = make_loader(items, eval_transform(img_size), batch_size, num_workers=num_workers,
+    """layer3 outputs of `items`, in order, on the CPU (decoded to uint8 in workers, normalised
+    per batch, as features.extract_features does). no_grad rather than inference_mode: layer4
+    trains on these, and autograd refuses inference-mode tensors as saved inputs."""
+    loader = make_loader(items, uint8_transform(img_size), batch_size, num_workers=num_workers,
                          device=device)
     outputs = None
     with torch.no_grad():
         for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
-            batch = up_to_layer3(model, images.to(device)).float().cpu()
+            batch = up_to_layer3(model, normalize_batch(images, mean, std, device)).float().cpu()
             if outputs is None:
                 outputs = torch.empty(len(items), *batch.shape[1:])
             outputs[indices] = batch
@@ -157,7 +159,6 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
     config = phase2_config(parent, out, **settings)
 
     model, checkpoint = load_run(parent, config.device)
-    device = next(model.parameters()).device
     run_dir = prepare_run_dir(str(out), overwrite=False)
     log = RunLog(run_dir, echo=log_to_console)
     generator = seed_everything(config.seed)
@@ -176,40 +177,14 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
     augmentation = config.augmentation if config.augment else None
     config.layer3_cached = bool(cache_layer3 and not augmentation and layer3_bytes(
         model, config.img_size, len(train_items) + len(val_items)) <= LAYER3_CACHE_MAX_BYTES)
-    order_per_epoch = epoch_orders(len(train_items), config.epochs, generator)
-    part = TrainedPart(model, lr, head_lr)
-    loss_fn = nn.BCEWithLogitsLoss()
 
     start = time.perf_counter()
-    if config.layer3_cached:
-        common = dict(img_size=config.img_size, batch_size=64, device=device,
-                      num_workers=config.num_workers)
-        train_x = layer3_outputs(model, train_items, desc="train layer3", **common)
-        val_x = layer3_outputs(model, val_items, desc="val layer3", **common)
-        train_y = torch.tensor([y for _, y in train_items])
-        val_y = torch.tensor([y for _, y in val_items])
-        module = layer4_and_head(model)
-        history, best_epoch = fit(
-            module, part,
-            lambda epoch: feature_batches(train_x, train_y, config.batch_size, order_per_epoch[epoch - 1]),
-            lambda: feature_batches(val_x, val_y, config.batch_size),
-            config, pos_weight, device, log)
-        with torch.no_grad():
-            _, _, val_logits, _ = run_epoch(module, feature_batches(val_x, val_y, config.batch_size),
-                                            loss_fn, None, device)
-    else:
-        train_tf = train_transform(config.img_size, augmentation)
-        val_tf = eval_transform(config.img_size)
-        with channels_last(model):
-            history, best_epoch = fit(
-                model, part,
-                lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device),
-                lambda: image_batches(val_items, val_tf, config, None, device),
-                config, pos_weight, device, log)
-            _, _, val_logits, _ = run_epoch(model, image_batches(val_items, val_tf, config, None, device),
-                                            loss_fn, None, device)
+    history, best_epoch, val_logits = fit_layer4(model, TrainedPart(model, lr, head_lr), config,
+                                                 train_items, val_items, pos_weight, generator,
+                                                 augmentation, log)
     train_seconds = time.perf_counter() - start
-    log(f"phase 2 took {train_seconds:.1f} s ({'cached layer3 outputs' if config.layer3_cached else 'full forward passes'})")
+    log(f"phase 2 took {train_seconds:.1f} s ("
+        + ("on cached layer3 outputs)" if config.layer3_cached else "full forward passes)"))
 
     model.cpu()
     save_run(run_dir, model, config, checkpoint["weights"], history, best_epoch, counts, train_seconds)
@@ -223,6 +198,44 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
                         "adds to phase 1's.")
     write_report(run_dir)
     return run_dir
+
+
+def fit_layer4(model, part: TrainedPart, config: FinetuneConfig, train_items, val_items,
+               pos_weight: float, generator, augmentation, log):
+    """train.fit on layer4 + head, fed cached layer3 outputs or whole images (augmented on the
+    fly if phase 1 was). Returns (history, best epoch, val logits of the restored best state)."""
+    device = next(model.parameters()).device
+    order_per_epoch = epoch_orders(len(train_items), config.epochs, generator)
+    if config.layer3_cached:
+        common = dict(img_size=config.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                      batch_size=64, device=device, num_workers=config.num_workers)
+        train_x = layer3_outputs(model, train_items, desc="train layer3", **common)
+        val_x = layer3_outputs(model, val_items, desc="val layer3", **common)
+        train_y = torch.tensor([y for _, y in train_items])
+        val_y = torch.tensor([y for _, y in val_items])
+        module = layer4_and_head(model)
+
+        def train_batches(epoch):
+            return feature_batches(train_x, train_y, config.batch_size, order_per_epoch[epoch - 1])
+
+        def val_batches():
+            return feature_batches(val_x, val_y, config.batch_size)
+
+        history, best_epoch = fit(module, part, train_batches, val_batches, config, pos_weight,
+                                  device, log)
+        _, _, val_logits, _ = run_epoch(module, val_batches(), nn.BCEWithLogitsLoss(), None, device)
+        return history, best_epoch, val_logits
+    train_tf = train_transform(config.img_size, augmentation)
+    val_tf = eval_transform(config.img_size)
+    with channels_last(model):
+        history, best_epoch = fit(
+            model, part,
+            lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device),
+            lambda: image_batches(val_items, val_tf, config, None, device),
+            config, pos_weight, device, log)
+        _, _, val_logits, _ = run_epoch(model, image_batches(val_items, val_tf, config, None, device),
+                                        nn.BCEWithLogitsLoss(), None, device)
+    return history, best_epoch, val_logits
 
 
 def phase_rows(phase1: Path, phase2: Path, phase1_parameters: int) -> list[dict]:

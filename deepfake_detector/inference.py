@@ -46,15 +46,18 @@ def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int
                          device=device, skip_unreadable=skip_unreadable)
     probabilities = np.full(len(items), np.nan)
     failures = []
+
+    def batches():
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+            images, _, indices = batch[:3]
+            failures.extend(batch[3] if skip_unreadable else ())
+            if len(indices):
+                logits = model(normalize_batch(images, mean, std, device)).float()
+                yield indices, torch.sigmoid(logits).squeeze(1)
+
     with inference_pass(model, device):
-        def batches():
-            for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-                images, _, indices = batch[:3]
-                failures.extend(batch[3] if skip_unreadable else ())
-                if len(indices):
-                    yield indices, torch.sigmoid(model(normalize_batch(images, mean, std, device)).float())
         for indices, output in lagged(batches()):
-            probabilities[indices.numpy()] = output.squeeze(1).cpu().numpy()
+            probabilities[indices.numpy()] = output.cpu().numpy()
     return probabilities, sorted(failures)
 
 
@@ -164,7 +167,9 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     write_predictions([{"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
                        for (p, y), q in zip(items, probabilities)], out / "predictions.csv")
     save_evaluation_figures(labels, probabilities, metrics, out, title_prefix=split.capitalize())
-    if split == "test" and out_dir is None:  # the held-out result belongs in the run's report
+    trained_on = json.loads((run_dir / "config.json").read_text()).get("data_dir")
+    own_test_split = split == "test" and trained_on and Path(trained_on).resolve() == data_dir.resolve()
+    if own_test_split and out_dir is None:  # the held-out result belongs in the run's report
         (run_dir / "metrics_test.json").write_text(json.dumps(metrics, indent=2) + "\n")
         save_evaluation_figures(labels, probabilities, metrics, run_dir / "figures",
                                 title_prefix="Test", name_prefix="test_")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import warnings
 from functools import partial
 from pathlib import Path
@@ -27,9 +28,9 @@ from PIL import Image, ImageFilter
 from torchvision import transforms
 from tqdm.auto import tqdm
 
-from .data import eval_transform, make_loader
+from .data import make_loader, normalize_batch, uint8_transform
 from .evaluate import AUC_COLOUR, FAKE_COLOUR, MUTED, compute_metrics, write_report, write_table
-from .features import autocast_for, channels_last
+from .features import inference_pass
 from .figures import plt, save_figure
 from .inference import evaluate_run, load_run
 from .split import list_labelled_folder, list_split, read_manifest
@@ -99,18 +100,19 @@ def labelled_items(data_dir, split: str = "val") -> tuple[list[tuple[Path, int]]
 
 def predict_perturbed(model, items, perturbation, img_size: int, mean, std, batch_size: int = 64,
                       num_workers: int | None = None, desc: str = "predict") -> np.ndarray:
-    """P(fake) per (path, label), each image perturbed before the checkpoint's eval transform.
+    """P(fake) per (path, label), each image perturbed before the checkpoint's resize.
 
-    The same loop as inference.predict_probabilities, with the perturbation in front; the test
-    suite checks that "clean" reproduces evaluate_run's numbers exactly."""
+    The pass of inference.stream_probabilities with the perturbation in front: workers decode,
+    perturb and resize to uint8, this process normalises each batch. The test suite checks that
+    "clean" reproduces evaluate_run's numbers exactly."""
     device = next(model.parameters()).device
-    transform = transforms.Compose([perturbation, eval_transform(img_size, mean, std)])
+    transform = transforms.Compose([perturbation, uint8_transform(img_size)])
     loader = make_loader(items, transform, batch_size, num_workers=num_workers, device=device)
     probabilities = np.empty(len(items), dtype=np.float64)
-    with torch.inference_mode(), channels_last(model), autocast_for(device):
+    with inference_pass(model, device):
         for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            probabilities[indices.numpy()] = torch.sigmoid(model(images).float()).squeeze(1).cpu().numpy()
+            logits = model(normalize_batch(images, mean, std, device)).float()
+            probabilities[indices.numpy()] = torch.sigmoid(logits).squeeze(1).cpu().numpy()
     return probabilities
 
 
@@ -151,10 +153,12 @@ def robustness_table(run_dir, data_dir, split: str = "val", perturbations: dict 
         rows.append({"test set": test_set,
                      **robustness_row(name, labels, probabilities, checkpoint, n_bootstrap)})
         log(f"{name:>14}: accuracy {rows[-1]['accuracy']:.4f}, ROC-AUC {rows[-1]['roc_auc']}")
+    caveat = (" The validation split also chose the early-stopping epoch and the threshold: "
+              "prefer a test split for a paper." if split == "val" else "")
     write_rows(run_dir, "robustness", rows,
                f"Robustness on {test_set} ({len(items)} images): the same images perturbed before "
                "the model's resize. Accuracy at threshold 0.5 and at the validation-chosen "
-               f"threshold; 95% stratified bootstrap CIs ({n_bootstrap} replicates).")
+               f"threshold; 95% stratified bootstrap CIs ({n_bootstrap} replicates).{caveat}")
     fig = plot_robustness(rows, title=f"Robustness on {test_set}")
     save_figure(fig, run_dir / "figures" / "robustness")
     plt.close(fig)
@@ -195,22 +199,24 @@ def plot_robustness(rows: list[dict], title: str = ""):
 
 
 def file_hashes(paths) -> set[str]:
-    hashes = set()
-    for path in paths:
-        hashes.add(hashlib.sha256(Path(path).read_bytes()).hexdigest())
-    return hashes
+    return {hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths}
 
 
-def training_hashes(train_data_dir) -> set[str] | None:
-    """SHA-256 of the run's training images (from split.csv, else hashed); None when the data are
-    gone, since then the overlap cannot be checked."""
-    train_data_dir = Path(train_data_dir)
+def seen_in_training(run_dir: Path, items) -> tuple[str | None, int | None]:
+    """(the run's training data folder, how many of `items` are byte-identical to one of its
+    training images); the count is None when the training data are gone and cannot be checked."""
+    config_path = run_dir / "config.json"
+    train_dir = json.loads(config_path.read_text()).get("data_dir") if config_path.is_file() else None
+    if not train_dir:
+        return None, None
     try:
-        if (train_data_dir / "split.csv").is_file():
-            return {row["sha256"] for row in read_manifest(train_data_dir) if row["split"] == "train"}
-        return file_hashes(path for path, _ in list_split(train_data_dir, "train"))
+        if (Path(train_dir) / "split.csv").is_file():  # the split recorded every file's hash
+            seen = {row["sha256"] for row in read_manifest(train_dir) if row["split"] == "train"}
+        else:
+            seen = file_hashes(path for path, _ in list_split(train_dir, "train"))
     except (OSError, ValueError):
-        return None
+        return train_dir, None
+    return train_dir, len(file_hashes(path for path, _ in items) & seen)
 
 
 def cross_dataset_row(run_dir, data_dir, name: str | None = None, split: str | None = None,
@@ -221,21 +227,19 @@ def cross_dataset_row(run_dir, data_dir, name: str | None = None, split: str | N
     data_dir is any folder with real/ and fake/ (all its images are used), or a split folder
     (then `split`, default "test" when it has one, else "val"). The row is stored under `name`
     (default: the folder's name, plus the split): evaluating the same test set again replaces
-    its row; `train_name` labels the training set (default: its folder). n_seen_in_training counts test images byte-identical to a training image: anything
-    but 0 means the test set is not independent of the training data."""
+    its row; `train_name` labels the training set (default: its folder). n_seen_in_training
+    counts test images byte-identical to a training image: anything but 0 means the test set
+    is not independent of the training data."""
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     if split is None:  # another data set's test split if it has one: it was held out of everything
         split = "test" if _has_split(data_dir, "test") else "val"
     items, split = labelled_items(data_dir, split)
     name = name or (data_name(data_dir) if split == "all" else f"{data_name(data_dir)}/{split}")
     # Always our own folder: evaluate_run would file a "test" split as the run's own test result.
-    out = run_dir / "eval" / ("cross-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in name))
+    out = run_dir / "eval" / ("cross-" + re.sub(r"[^\w.-]", "-", name))
     metrics = evaluate_run(run_dir, data_dir, "val" if split == "all" else split, out, batch_size,
                            device, num_workers, n_bootstrap, log=log)
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    train_dir = config.get("data_dir")
-    seen = training_hashes(train_dir) if train_dir else None
-    n_seen = None if seen is None else len(file_hashes(p for p, _ in items) & seen)
+    train_dir, n_seen = seen_in_training(run_dir, items)
     if n_seen:
         warnings.warn(f"{n_seen} of the {len(items)} images in {data_dir} are byte-identical to "
                       f"training images of {run_dir}: this is not an independent test set.",
@@ -252,7 +256,8 @@ def cross_dataset_row(run_dir, data_dir, name: str | None = None, split: str | N
     write_rows(run_dir, "cross_dataset", rows,
                "Cross-dataset evaluation: the run tested on data sets it was not trained on. "
                "Accuracy at threshold 0.5 and at the validation-chosen threshold; ROC-AUC with "
-               "95% stratified bootstrap CI.")
+               "95% stratified bootstrap CI; n_seen_in_training: test images byte-identical to a "
+               "training image (0 for an independent test set).")
     write_report(run_dir)
     return row
 

@@ -13,6 +13,7 @@ import json
 import platform
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import CLASS_TO_IDX, __version__
+from .audit import AuditWarning, audit_split
 from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
     train_transform
 from .features import cached_features, channels_last
@@ -209,6 +211,16 @@ def train(config: TrainConfig, log_to_console: bool = True) -> Path:
         if min(per_class.values()) == 0:
             raise ValueError(f"{config.data_dir}/{split} has no images of class "
                              f"{min(per_class, key=per_class.get)!r}: both classes are needed.")
+    # Shortcuts (one class all PNG, the other JPEG; different sizes...) would be learned instead of
+    # the content: look before training. It warns, it never refuses.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AuditWarning)
+        findings = audit_split(config.data_dir, out_dir=run_dir / "audit")
+    for flag in findings["flags"]:
+        log(f"DATA AUDIT WARNING: {flag}")
+    if findings["flags"]:
+        warnings.warn(f"data audit: {len(findings['flags'])} possible shortcut(s), see "
+                      f"{run_dir / 'audit' / 'audit.md'}", AuditWarning, stacklevel=2)
     # Imbalanced data: weigh the positive (fake) class so each class counts equally in the loss.
     pos_weight = counts["train"]["real"] / counts["train"]["fake"]
 

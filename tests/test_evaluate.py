@@ -367,3 +367,16 @@ def test_report_without_warning_when_pretrained(tmp_path):
     text = write_report(tmp_path).read_text()
     assert RANDOM_INIT_WARNING not in text and "## Configuration" in text
     assert "How to cite" not in text
+
+
+@pytest.mark.parametrize("n, n_levels", [(10, 3), (200, 1000), (1000, 20)])
+def test_fast_bootstrap_statistics_equal_sklearn(n, n_levels):
+    """The bootstrap's own AUC and AP (fast, no input re-checks) against sklearn, ties included."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from deepfake_detector.evaluate import rank_roc_auc, stepwise_average_precision
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    p = np.round(rng.uniform(size=n) * n_levels) / n_levels  # coarse levels make ties
+    assert rank_roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert stepwise_average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)

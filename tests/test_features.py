@@ -1,0 +1,164 @@
+"""Feature cache and the bulk image pipeline: keys that cannot serve stale features, exact cache hits,
+float16 storage, augmented views, the uint8 hand-over, and predict skipping unreadable files."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deepfake_detector import features
+from deepfake_detector.data import (IMAGENET_MEAN, IMAGENET_STD, collate, eval_transform, make_loader,
+                                    normalize_batch, open_image, try_open_image, uint8_transform)
+from deepfake_detector.features import cache_key, cached_features, extract_features
+from deepfake_detector.inference import predict_paths, predict_probabilities
+from deepfake_detector.model import build_model
+from deepfake_detector.split import check_image
+
+from conftest import checkerboard_fake, smooth_noise, write_images
+
+SIZE = 32  # px: every test here runs the backbone on a handful of tiny images
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("none", seed=0)[0]
+
+
+@pytest.fixture
+def items(tmp_path):
+    rng = np.random.default_rng(0)
+    real = write_images(tmp_path / "real", [smooth_noise(rng, 24) for _ in range(3)], "real")
+    fake = write_images(tmp_path / "fake", [checkerboard_fake(rng, 40) for _ in range(3)], "fake")
+    return [(path, 0) for path in real] + [(path, 1) for path in fake]
+
+
+def key(model, items, img_size=SIZE, augmentation=None, n_views=1, seed=0,
+        precision=torch.float32):
+    return cache_key(model, items, img_size, IMAGENET_MEAN, IMAGENET_STD, augmentation, n_views,
+                     seed, precision)
+
+
+def test_cache_key_changes_with_everything_the_features_depend_on(model, items):
+    model = copy.deepcopy(model)  # its weights are changed below
+    base = key(model, items)
+    assert key(model, items) == base
+    assert key(model, items, img_size=SIZE + 1) != base
+    assert key(model, items[::-1]) != base  # order
+    assert key(model, [(p, 1 - y) for p, y in items]) != base  # labels
+    assert key(model, items, augmentation={"hflip": True}, n_views=2) != base
+    assert key(model, items, precision=torch.bfloat16) != base  # AMP on a GPU: other features
+
+    path = items[0][0]
+    original = path.read_bytes()
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(path)  # same name, other bytes
+    assert key(model, items) != base
+    path.write_bytes(original)
+    assert key(model, items) == base
+
+    with torch.no_grad():
+        model.fc.weight += 1  # the head is not part of the features
+    assert key(model, items) == base
+    with torch.no_grad():
+        model.layer1[0].conv1.weight[0, 0, 0, 0] += 1e-3
+    assert key(model, items) != base
+
+
+def test_a_cache_hit_returns_exactly_the_same_features(model, items, tmp_path):
+    messages = []
+    first = cached_features(model, items, SIZE, cache_dir=tmp_path / "cache", num_workers=0,
+                            log=messages.append)
+    second = cached_features(model, items, SIZE, cache_dir=tmp_path / "cache", num_workers=0,
+                             log=messages.append)
+    assert first.shape == (len(items), 512) and first.dtype == torch.float32
+    assert "from the feature cache" in messages[-1]
+    assert torch.equal(first, second)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # no temporary file left behind
+
+
+def test_large_feature_sets_are_stored_as_float16(model, items, tmp_path, monkeypatch):
+    exact = extract_features(model, items, SIZE, num_workers=0)
+    monkeypatch.setattr(features, "FLOAT16_ABOVE_N_IMAGES", 2)
+    first = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0, log=print)
+    stored = torch.load(next(tmp_path.glob("features-*.pt")), weights_only=True)["features"]
+    assert stored.dtype == torch.float16
+    torch.testing.assert_close(first, exact, rtol=1e-3, atol=1e-6)
+    # The run that extracted trains on what later runs read back: the same numbers either way.
+    assert torch.equal(cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0,
+                                       log=print), first)
+
+
+def test_augmented_views_are_cached_per_image_and_differ(model, items, tmp_path):
+    views = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0,
+                            augmentation={"hflip": True, "color_jitter": 0.3}, n_views=3, log=print)
+    assert views.shape == (3, len(items), 512)
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
+    plain = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0, log=print)
+    assert plain.shape == (len(items), 512)  # its own cache entry, not one of the views
+
+
+def test_the_uint8_pipeline_gives_the_eval_transform_bit_for_bit(items):
+    for size in (SIZE, 45):
+        reference = torch.stack([eval_transform(size)(open_image(p)) for p, _ in items])
+        batch = collate([(uint8_transform(size)(open_image(p)), y, i)
+                         for i, (p, y) in enumerate(items)])[0]
+        fast = normalize_batch(batch)
+        assert torch.equal(fast, reference)
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_worker_process_gives_the_same_features(model, items):
+    torch.testing.assert_close(extract_features(model, items, SIZE, num_workers=1),
+                               extract_features(model, items, SIZE, num_workers=0))
+
+
+def test_predict_streams_one_batch_at_a_time(model, items, monkeypatch):
+    """Memory stays flat by design: the backbone only ever sees one batch, and the loader hands
+    them over one by one (no list of every image is built)."""
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda images: seen.append(len(images)) or forward(images))
+    probabilities = predict_probabilities(model, items * 2, SIZE, IMAGENET_MEAN, IMAGENET_STD,
+                                          batch_size=5, num_workers=0)
+    assert seen == [5, 5, 2]
+    assert probabilities.shape == (12,) and np.isfinite(probabilities).all()
+    loader = make_loader(items * 2, uint8_transform(SIZE), batch_size=5, num_workers=0)
+    assert not isinstance(loader.dataset, list) and len(next(iter(loader))[0]) == 5
+
+
+@pytest.fixture
+def run_dir(model, tmp_path):
+    """The least a run directory needs for predict: a checkpoint."""
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model_state": model.state_dict(), "img_size": SIZE, "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD), "threshold": 0.5}, run / "checkpoint.pt")
+    return run
+
+
+def test_predict_skips_unreadable_files_with_one_warning(run_dir, items, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = []
+    for i, (path, _) in enumerate(items[:3]):
+        good.append(folder / f"good {i}.png")
+        good[-1].write_bytes(path.read_bytes())
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    jpeg = folder / "truncated.jpg"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[:300])
+
+    broken = ["empty.png", "text.jpg", "truncated.jpg"]
+    for name in broken:  # the same verdicts as the split step's check
+        assert try_open_image(folder / name)[1] == check_image(folder / name) is not None
+    assert try_open_image(good[0])[1] is None
+
+    with pytest.warns(UserWarning, match="3 file\\(s\\) could not be read") as caught:
+        rows = predict_paths(run_dir, [folder], batch_size=4, device="cpu", num_workers=0)
+    assert all(name in str(caught[0].message) for name in broken)
+    assert [row["image_id"] for row in rows] == [p.name for p in good]
+    alone = predict_paths(run_dir, good, batch_size=4, device="cpu", num_workers=0)
+    assert [r["prediction"] for r in rows] == pytest.approx([r["prediction"] for r in alone], abs=1e-6)
