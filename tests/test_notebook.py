@@ -39,6 +39,9 @@ def test_notebook_runs_end_to_end(tmp_path):
     metrics = json.loads((run / "metrics_val.json").read_text())
     assert metrics["n_images"] == 24 and 0.0 <= metrics["accuracy"] <= 1.0
     assert (run / "checkpoint.pt").is_file() and (run / "report.md").is_file()
+    robustness = json.loads((run / "robustness.json").read_text())
+    assert [row["perturbation"] for row in robustness][0] == "clean" and len(robustness) == 6
+    assert (run / "audit" / "audit.md").is_file() and "Robustness" in (run / "report.md").read_text()
     assert (out / "figures" / "training_batch.png").is_file()
     assert (out / "figures" / "validation_predictions.pdf").is_file()
     overlays = list((run / "gradcam" / "overlays").rglob("*.png"))
