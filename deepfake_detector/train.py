@@ -57,7 +57,7 @@ class TrainConfig:
     cache_features: bool = True         # extract backbone features once (frozen backbone)
     cache_dir: str = "outputs/cache"    # where features are kept between runs; "" = memory only
     device: str = "auto"                # cuda, mps or cpu, in that order
-    num_workers: int | None = None      # image-decoding processes; None = cores - 1
+    num_workers: int | None = None      # image-decoding processes; None = measured default (0 on 2 cores)
     overwrite: bool = False             # replace an existing run directory
 
 
