@@ -16,8 +16,8 @@ Krizhevsky 2009), split 80/20 into a temporary folder by deepfake_detector.split
                       backbone fingerprint, decoding, resizing, the forward pass, writing the cache
     training          train() end to end, N epochs, cached features (cold cache, extraction
                       included) against the plain loop (every image through the backbone every epoch)
-    predict           predict_paths over --predict-images files, in a child process of its own so its
-                      peak resident memory is its own
+    predict           predict_to_file over --predict-images files into a CSV (what `predict --out`
+                      does), in a child process of its own so its peak resident memory is its own
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+# The CIFAKE sample that every checkout has beside it (../shared), never copied into the repository.
+CIFAKE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake-dev"
 QUICK = dict(n_images=200, img_size=112, epochs=3, predict_images=500, forward_images=128)
 
 
@@ -143,11 +145,13 @@ def make_split(data: Path, n_images: int, work: Path, seed: int) -> Path:
 
 
 def make_predict_folder(data: Path, n_images: int, folder: Path) -> Path:
-    """n_images links to the CIFAKE files, the whole set repeated as often as needed."""
-    files = [f for fs in class_files(data).values() for f in fs]
+    """n_images links to the CIFAKE files, the whole set repeated as often as needed. Each name
+    carries its round and class: real/ and fake/ hold files of the same name."""
+    files = [(label, f) for label, fs in class_files(data).items() for f in fs]
     folder.mkdir(parents=True)
     for i in range(n_images):
-        link(files[i % len(files)], folder / f"{i // len(files):02d} {files[i % len(files)].name}")
+        label, source = files[i % len(files)]
+        link(source, folder / f"{i // len(files):02d} {label} {source.name}")
     return folder
 
 
@@ -197,7 +201,7 @@ def train_once(data_dir: Path, out: Path, cache: bool, args, weights: str) -> di
 
 
 def predict_in_child(run_dir: str, folder: Path, args) -> dict:
-    """predict_paths in a fresh interpreter: its peak RSS is predict's own, not this process's."""
+    """predict_to_file in a fresh interpreter: its peak RSS is predict's own, not this process's."""
     command = [sys.executable, __file__, "--predict-child", run_dir, str(folder),
                "--batch-size", str(args.batch_size), "--device", args.device]
     if args.num_workers is not None:
@@ -209,15 +213,17 @@ def predict_in_child(run_dir: str, folder: Path, args) -> dict:
 
 
 def predict_child(run_dir: str, folder: str, batch_size: int, device: str, num_workers) -> None:
-    from deepfake_detector.inference import predict_paths
+    """What `predict --out predictions.csv` does: every image's row streamed into a CSV file."""
+    from deepfake_detector.inference import predict_to_file
+    out_file = Path(folder).parent / "predictions.csv"
     start = time.perf_counter()
     sampler = PeakPss() if Path("/proc/self/smaps_rollup").exists() else contextlib.nullcontext()
     with sampler:
-        rows = predict_paths(run_dir, [folder], batch_size=batch_size, device=device,
-                             num_workers=num_workers)
+        n_images = predict_to_file(run_dir, [folder], out_file, batch_size=batch_size,
+                                   device=device, num_workers=num_workers)
     seconds = time.perf_counter() - start
-    print(json.dumps({"n_images": len(rows), "seconds": seconds,
-                      "images_per_s": len(rows) / seconds, "peak_rss_mb": peak_rss_mb(),
+    print(json.dumps({"n_images": n_images, "seconds": seconds,
+                      "images_per_s": n_images / seconds, "peak_rss_mb": peak_rss_mb(),
                       "peak_pss_with_workers_mb": getattr(sampler, "peak", None)}))
 
 
@@ -360,8 +366,8 @@ def resolve_weights(choice: str) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data/cifake-dev",
-                        help="a folder holding real/ and fake/ (CIFAKE)")
+    parser.add_argument("--data", default=str(CIFAKE_DEV),
+                        help="a folder holding real/ and fake/ (default: ../shared/data/cifake-dev)")
     parser.add_argument("--n-images", type=int, default=4000, help="balanced subset, 80/20 split")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=10)
@@ -407,6 +413,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="train_speed-") as temporary:
         work = Path(temporary)
         data_dir = make_split(Path(args.data), args.n_images, work, args.seed)
+        # Made first, so that a problem with it shows in seconds, not after the long training runs.
+        predict_folder = make_predict_folder(Path(args.data), args.predict_images, work / "predict")
         train_items = list_split(data_dir, "train")
         result["n_train"], result["n_val"] = len(train_items), len(list_split(data_dir, "val"))
         model = build_model(weights, seed=args.seed)[0].to(device)
@@ -431,8 +439,7 @@ def main(argv=None) -> dict:
             print(f"plain: {result['plain']['wall_s']:.1f} s", flush=True)
         result["peak_rss_mb"] = peak_rss_mb()
 
-        folder = make_predict_folder(Path(args.data), args.predict_images, work / "predict")
-        result["predict"] = predict_in_child(result["cached"]["run_dir"], folder, args)
+        result["predict"] = predict_in_child(result["cached"]["run_dir"], predict_folder, args)
     result["total_s"] = time.perf_counter() - begin
     print("\n" + report(result))
     if args.json:

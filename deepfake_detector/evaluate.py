@@ -27,8 +27,10 @@ Run-directory layout that `write_report` reads (the training code writes it):
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -758,22 +760,21 @@ def _plain(value):
     return value
 
 
-def _prediction_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
-    rows = list(rows)
-    for row in rows:
-        missing = [key for key in _FIRST_COLUMNS if key not in row]
-        if missing:
-            raise ValueError(f"prediction row {row!r} lacks {missing}")
-    columns = list(_FIRST_COLUMNS) + [c for c in _columns(rows) if c not in _FIRST_COLUMNS]
-    clean = []
-    for row in rows:
-        row = {col: _plain(row[col]) for col in columns if col in row}
-        if not isinstance(row["prediction"], (int, float)) or not 0 <= row["prediction"] <= 1:
-            raise ValueError(f"prediction must be P(fake) in [0, 1], got {row['prediction']!r} "
-                             f"for {row['image_id']!r}")
-        row["image_id"] = str(row["image_id"])
-        clean.append(row)
-    return clean, columns
+def _clean_prediction_row(row: dict, columns: list[str]) -> dict:
+    """The row checked (P(fake) in [0, 1]) and made JSON/CSV-ready, its keys in `columns` order."""
+    missing = [key for key in _FIRST_COLUMNS if key not in row]
+    if missing:
+        raise ValueError(f"prediction row {row!r} lacks {missing}")
+    extra = [key for key in row if key not in columns]
+    if extra:
+        raise ValueError(f"prediction row {row!r} has keys {extra} that the rows before it lack; "
+                         "every streamed row needs the keys of the first")
+    clean = {col: _plain(row[col]) for col in columns if col in row}
+    if not isinstance(clean["prediction"], (int, float)) or not 0 <= clean["prediction"] <= 1:
+        raise ValueError(f"prediction must be P(fake) in [0, 1], got {clean['prediction']!r} "
+                         f"for {clean['image_id']!r}")
+    clean["image_id"] = str(clean["image_id"])
+    return clean
 
 
 def write_predictions(rows, path) -> Path:
@@ -782,21 +783,43 @@ def write_predictions(rows, path) -> Path:
     .json: [{"image_id": "1.png", "prediction": 0.00025}, ...] (one object per line), image_id
            and prediction first, then any extra keys (label, path, split, ...) as given.
     .csv:  a header with the same columns; an absent value is an empty cell.
-    Floats are written at full precision (repr), never rounded."""
+    Floats are written at full precision (repr), never rounded.
+
+    `rows` may be a list (columns: every key of every row) or any iterable, such as
+    `inference.iter_predictions`, which is written as it comes, one row at a time, so memory does
+    not grow with the number of images (columns: the keys of the first row). The file appears
+    complete or not at all: it is written beside its place and moved there at the end."""
     path = Path(path)
-    clean, columns = _prediction_rows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".json":
-        lines = ",\n".join(json.dumps(row, ensure_ascii=False, allow_nan=False) for row in clean)
-        path.write_text(f"[\n{lines}\n]\n" if clean else "[]\n", encoding="utf-8")
-    elif path.suffix == ".csv":
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({col: "" if row.get(col) is None else row[col] for col in columns}
-                             for row in clean)
-    else:
+    if path.suffix not in (".json", ".csv"):
         raise ValueError(f"predictions go to .json or .csv, not {path.suffix!r}")
+    if isinstance(rows, list):
+        body = rows
+        keys = _columns(rows)
+    else:  # a stream: its first row names the columns
+        rows = iter(rows)
+        first = next(rows, None)
+        body = [] if first is None else itertools.chain([first], rows)
+        keys = [] if first is None else list(first)
+    columns = list(_FIRST_COLUMNS) + [c for c in keys if c not in _FIRST_COLUMNS]
+    clean = (_clean_prediction_row(row, columns) for row in body)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as f:
+            if path.suffix == ".json":
+                n = 0
+                for n, row in enumerate(clean, start=1):
+                    f.write(("[\n" if n == 1 else ",\n")
+                            + json.dumps(row, ensure_ascii=False, allow_nan=False))
+                f.write("\n]\n" if n else "[]\n")
+            else:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows({col: "" if row.get(col) is None else row[col] for col in columns}
+                                 for row in clean)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -200,6 +200,30 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
     return run_dir
 
 
+def fit_on_layer3_outputs(model, part: TrainedPart, config: FinetuneConfig, train_items, val_items,
+                          pos_weight: float, order_per_epoch, log):
+    """fit_layer4's cached path: layer3 outputs computed once, layer4 + head trained on them."""
+    device = next(model.parameters()).device
+    common = dict(img_size=config.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                  batch_size=64, device=device, num_workers=config.num_workers)
+    train_x = layer3_outputs(model, train_items, desc="train layer3", **common)
+    val_x = layer3_outputs(model, val_items, desc="val layer3", **common)
+    train_y = torch.tensor([y for _, y in train_items])
+    val_y = torch.tensor([y for _, y in val_items])
+    module = layer4_and_head(model)
+
+    def train_batches(epoch):
+        return feature_batches(train_x, train_y, config.batch_size, order_per_epoch[epoch - 1])
+
+    def val_batches():
+        return feature_batches(val_x, val_y, config.batch_size)
+
+    history, best_epoch = fit(module, part, train_batches, val_batches, config, pos_weight,
+                              device, log)
+    _, _, val_logits, _ = run_epoch(module, val_batches(), nn.BCEWithLogitsLoss(), None, device)
+    return history, best_epoch, val_logits
+
+
 def fit_layer4(model, part: TrainedPart, config: FinetuneConfig, train_items, val_items,
                pos_weight: float, generator, augmentation, log):
     """train.fit on layer4 + head, fed cached layer3 outputs or whole images (augmented on the
@@ -207,24 +231,11 @@ def fit_layer4(model, part: TrainedPart, config: FinetuneConfig, train_items, va
     device = next(model.parameters()).device
     order_per_epoch = epoch_orders(len(train_items), config.epochs, generator)
     if config.layer3_cached:
-        common = dict(img_size=config.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                      batch_size=64, device=device, num_workers=config.num_workers)
-        train_x = layer3_outputs(model, train_items, desc="train layer3", **common)
-        val_x = layer3_outputs(model, val_items, desc="val layer3", **common)
-        train_y = torch.tensor([y for _, y in train_items])
-        val_y = torch.tensor([y for _, y in val_items])
-        module = layer4_and_head(model)
-
-        def train_batches(epoch):
-            return feature_batches(train_x, train_y, config.batch_size, order_per_epoch[epoch - 1])
-
-        def val_batches():
-            return feature_batches(val_x, val_y, config.batch_size)
-
-        history, best_epoch = fit(module, part, train_batches, val_batches, config, pos_weight,
-                                  device, log)
-        _, _, val_logits, _ = run_epoch(module, val_batches(), nn.BCEWithLogitsLoss(), None, device)
-        return history, best_epoch, val_logits
+        # The same memory layout as the plain loop below: convolution kernels of another layout
+        # round differently, and training amplifies that (0.6% in val loss after 3 epochs on AVX-512).
+        with channels_last(model):
+            return fit_on_layer3_outputs(model, part, config, train_items, val_items, pos_weight,
+                                         order_per_epoch, log)
     train_tf = train_transform(config.img_size, augmentation)
     val_tf = eval_transform(config.img_size)
     with channels_last(model):

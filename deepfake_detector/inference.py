@@ -32,33 +32,47 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     return model.to(pick_device(device)).eval(), checkpoint
 
 
-def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
-                         num_workers: int | None = None, desc: str = "predict",
-                         skip_unreadable: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """(P(fake) per item, in order; [(index, reason)] of the files that could not be read).
+def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
+                       num_workers: int | None = None, desc: str = "predict",
+                       failures: list | None = None):
+    """Yield (indices, P(fake)) a batch at a time, in the order of `items`.
 
-    Only a batch of images is ever in memory (plus as many as the loader's workers prefetch); what
-    grows with the number of images is one float per image. Unreadable files raise, or with
-    skip_unreadable are listed and get NaN.
+    Only a batch of images is ever in memory (plus what the loader's workers prefetch). Unreadable
+    files raise; given a `failures` list, they are skipped and (index, reason) appended to it.
     """
     device = next(model.parameters()).device
+    skip_unreadable = failures is not None
     loader = make_loader(items, uint8_transform(img_size), batch_size, num_workers=num_workers,
                          device=device, skip_unreadable=skip_unreadable)
-    probabilities = np.full(len(items), np.nan)
-    failures = []
 
     def batches():
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
             images, _, indices = batch[:3]
-            failures.extend(batch[3] if skip_unreadable else ())
+            if skip_unreadable:
+                failures.extend(batch[3])
             if len(indices):
                 logits = model(normalize_batch(images, mean, std, device)).float()
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
     with inference_pass(model, device):
         for indices, output in lagged(batches()):
-            probabilities[indices.numpy()] = output.cpu().numpy()
-    return probabilities, sorted(failures)
+            yield indices.numpy(), output.cpu().numpy()
+
+
+def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
+                         num_workers: int | None = None, desc: str = "predict",
+                         skip_unreadable: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(P(fake) per item, in order; [(index, reason)] of the files that could not be read).
+
+    What grows with the number of images is one float per image. Unreadable files raise, or with
+    skip_unreadable are listed and get NaN.
+    """
+    probabilities = np.full(len(items), np.nan)
+    failures = [] if skip_unreadable else None
+    for indices, batch in iter_probabilities(model, items, img_size, mean, std, batch_size,
+                                             num_workers, desc, failures):
+        probabilities[indices] = batch
+    return probabilities, sorted(failures or [])
 
 
 def predict_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
@@ -110,30 +124,63 @@ def image_ids(paths: list[Path], roots: list[Path]) -> list[str]:
     return ids
 
 
-def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: str = "auto",
-                  num_workers: int | None = None) -> list[dict]:
-    """P(fake) for every image in `paths` (files or folders); writes CSV or JSON when asked."""
-    from .evaluate import write_predictions
+def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
+                     num_workers: int | None = None):
+    """Yield {"image_id", "prediction" (P(fake)), "predicted_label", "path"} for every readable
+    image in `paths` (files or folders), in order, a batch at a time.
+
+    Each file is decoded once: checked and predicted in the same read. The unreadable are skipped
+    and listed in one warning at the end. Nothing but the list of file names grows with the number
+    of images, so a folder of any size streams through in bounded memory.
+    """
     model, checkpoint = load_run(run_dir, device)
     files = list_images(paths)
-    # Each file is decoded once: checked and predicted in the same read; the unreadable are
-    # skipped, listed in one warning, and left out of the rows.
-    probabilities, failures = stream_probabilities(
-        model, [(f, -1) for f in files], checkpoint["img_size"], checkpoint["mean"],
-        checkpoint["std"], batch_size, num_workers, skip_unreadable=True)
-    warn_skipped([(files[i], why) for i, why in failures])
-    unreadable = {i for i, _ in failures}
-    keep = [i for i in range(len(files)) if i not in unreadable]
-    files, probabilities = [files[i] for i in keep], probabilities[keep]
-    if not files:
-        raise ValueError(f"No readable images in {', '.join(map(str, paths))}.")
+    ids = image_ids(files, [Path(p) for p in paths])
     threshold = checkpoint.get("threshold", 0.5)
-    rows = [{"image_id": image_id, "prediction": float(p),
-             "predicted_label": "fake" if p >= threshold else "real", "path": str(path)}
-            for image_id, p, path in zip(image_ids(files, [Path(p) for p in paths]), probabilities, files)]
+    failures, n_predicted = [], 0
+    for indices, probabilities in iter_probabilities(
+            model, [(f, -1) for f in files], checkpoint["img_size"], checkpoint["mean"],
+            checkpoint["std"], batch_size, num_workers, failures=failures):
+        for i, p in zip(indices.tolist(), probabilities.tolist()):
+            n_predicted += 1
+            yield {"image_id": ids[i], "prediction": p,
+                   "predicted_label": "fake" if p >= threshold else "real", "path": str(files[i])}
+    warn_skipped([(files[i], why) for i, why in sorted(failures)])
+    if not n_predicted:
+        raise ValueError(f"No readable images in {', '.join(map(str, paths))}.")
+
+
+def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: str = "auto",
+                  num_workers: int | None = None) -> list[dict]:
+    """P(fake) for every image in `paths` (files or folders), as a list of rows; also written
+    as CSV or JSON when asked. For folders too large to hold the rows, use `predict_to_file`."""
+    rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers))
     if out_file:
+        from .evaluate import write_predictions
         write_predictions(rows, out_file)
     return rows
+
+
+def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str = "auto",
+                    num_workers: int | None = None) -> int:
+    """Stream P(fake) for every image in `paths` into `out_file` (.csv or .json) as the batches
+    come; memory stays flat however many images there are. Returns the number of rows written."""
+    from .evaluate import write_predictions
+    counted = Counted(iter_predictions(run_dir, paths, batch_size, device, num_workers))
+    write_predictions(counted, out_file)
+    return counted.n
+
+
+class Counted:
+    """An iterable that counts what passes through it."""
+
+    def __init__(self, iterable):
+        self.iterable, self.n = iterable, 0
+
+    def __iter__(self):
+        for item in self.iterable:
+            self.n += 1
+            yield item
 
 
 def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size: int = 64,
@@ -164,8 +211,8 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     out = Path(out_dir) if out_dir else run_dir / "eval" / f"{data_dir.name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_predictions([{"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
-                       for (p, y), q in zip(items, probabilities)], out / "predictions.csv")
+    write_predictions(({"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
+                       for (p, y), q in zip(items, probabilities)), out / "predictions.csv")
     save_evaluation_figures(labels, probabilities, metrics, out, title_prefix=split.capitalize())
     trained_on = json.loads((run_dir / "config.json").read_text()).get("data_dir")
     own_test_split = split == "test" and trained_on and Path(trained_on).resolve() == data_dir.resolve()

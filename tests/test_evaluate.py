@@ -2,6 +2,7 @@
 groups, tables, prediction files, figures and the run report."""
 import csv
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -279,6 +280,36 @@ def test_predictions_reject_non_probabilities(tmp_path):
     with pytest.raises(ValueError):
         write_predictions([{"image_id": "x"}], tmp_path / "p.json")
 
+
+
+def test_predictions_stream_to_disk_in_flat_memory(tmp_path):
+    """A generator of rows is written as it comes: the writer's peak memory is a small fraction of
+    what the same rows take as a list (what a million-image predict would otherwise hold)."""
+    n = 50_000
+
+    def rows():
+        for i in range(n):
+            yield {"image_id": f"{i:06d}.png", "prediction": i / n, "label": i % 2}
+
+    for suffix in (".csv", ".json"):
+        tracemalloc.start()
+        path = write_predictions(rows(), tmp_path / f"streamed{suffix}")
+        streamed_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert path.read_bytes() == write_predictions(list(rows()), tmp_path / f"listed{suffix}").read_bytes()
+    tracemalloc.start()
+    listed = list(rows())
+    listed_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(listed) == n and streamed_peak < listed_peak / 20, (streamed_peak, listed_peak)
+
+
+def test_a_streamed_row_with_new_columns_fails_and_leaves_no_file(tmp_path):
+    rows = iter([{"image_id": "a", "prediction": 0.1}, {"image_id": "b", "prediction": 0.2, "x": 1}])
+    with pytest.raises(ValueError, match="keys \\['x'\\]"):
+        write_predictions(rows, tmp_path / "p.csv")
+    assert list(tmp_path.iterdir()) == []  # no half-written file, no temporary left behind
+    assert write_predictions(iter([]), tmp_path / "empty.json").read_text() == "[]\n"
 
 # ----------------------------------------------------------------------------- figures
 

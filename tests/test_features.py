@@ -1,5 +1,6 @@
 """Feature cache and the bulk image pipeline: keys that cannot serve stale features, exact cache hits,
-float16 storage, augmented views, the uint8 hand-over, and predict skipping unreadable files."""
+float16 storage, augmented views, the uint8 hand-over, predict skipping unreadable files, and predict
+streaming its rows to a file batch by batch."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,9 @@ from deepfake_detector import features
 from deepfake_detector.data import (IMAGENET_MEAN, IMAGENET_STD, collate, eval_transform, make_loader,
                                     normalize_batch, open_image, try_open_image, uint8_transform)
 from deepfake_detector.features import cache_key, cached_features, extract_features
-from deepfake_detector.inference import predict_paths, predict_probabilities
+from deepfake_detector.evaluate import read_predictions
+from deepfake_detector.inference import (iter_predictions, predict_paths, predict_probabilities,
+                                          predict_to_file)
 from deepfake_detector.model import build_model
 from deepfake_detector.split import check_image
 
@@ -162,3 +165,44 @@ def test_predict_skips_unreadable_files_with_one_warning(run_dir, items, tmp_pat
     assert [row["image_id"] for row in rows] == [p.name for p in good]
     alone = predict_paths(run_dir, good, batch_size=4, device="cpu", num_workers=0)
     assert [r["prediction"] for r in rows] == pytest.approx([r["prediction"] for r in alone], abs=1e-6)
+
+
+def test_predict_rows_arrive_batch_by_batch(run_dir, items, tmp_path, monkeypatch):
+    """iter_predictions is lazy: the first row is out after one batch has been decoded, not after
+    the whole folder, so a writer fed from it holds one batch at a time."""
+    from deepfake_detector import data
+    decoded = []
+    real_open = data.try_open_image
+    monkeypatch.setattr(data, "try_open_image", lambda path: decoded.append(path) or real_open(path))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(4):
+        for path, _ in items:
+            (folder / f"{i} {path.name}").write_bytes(path.read_bytes())
+    rows = iter_predictions(run_dir, [folder], batch_size=4, device="cpu", num_workers=0)
+    first = next(rows)
+    assert first["image_id"] == sorted(p.name for p in folder.iterdir())[0]
+    assert len(decoded) <= 2 * 4  # this batch and the one queued behind it (read back one late)
+    assert 1 + sum(1 for _ in rows) == 24 and len(decoded) == 24
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_predict_to_file_writes_what_predict_paths_returns(run_dir, items, tmp_path, suffix):
+    folder = items[0][0].parent.parent
+    listed = predict_paths(run_dir, [folder], tmp_path / f"listed{suffix}", batch_size=4,
+                           device="cpu", num_workers=0)
+    n = predict_to_file(run_dir, [folder], tmp_path / f"streamed{suffix}", batch_size=4,
+                        device="cpu", num_workers=0)
+    assert n == len(listed) == 6
+    assert (tmp_path / f"streamed{suffix}").read_bytes() == (tmp_path / f"listed{suffix}").read_bytes()
+    assert read_predictions(tmp_path / f"streamed{suffix}") == listed
+
+
+def test_a_folder_with_no_readable_image_leaves_no_file(run_dir, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match="could not be read"), \
+            pytest.raises(ValueError, match="No readable images"):
+        predict_to_file(run_dir, [folder], tmp_path / "out.csv", device="cpu", num_workers=0)
+    assert list(tmp_path.glob("*out.csv*")) == []  # neither the file nor a temporary
