@@ -179,18 +179,15 @@ def run(args) -> object:
         print(json.dumps(metrics, indent=2))
         return metrics
     if args.command == "predict":
+        from .evaluate import write_prediction_rows
         from .inference import iter_predictions, predict_to_file
         if args.out:  # streamed to the file batch by batch: flat memory for any number of images
             n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device)
             print(f"{n} predictions written to {args.out}", file=sys.stderr)
             return n
-        n = 0
-        for n, row in enumerate(iter_predictions(args.run, args.paths, args.batch_size, args.device), 1):
-            print(("[\n  " if n == 1 else ",\n  ")
-                  + json.dumps({"image_id": row["image_id"], "prediction": row["prediction"]}),
-                  end="", flush=True)
-        print("\n]")
-        return n
+        rows = iter_predictions(args.run, args.paths, args.batch_size, args.device)
+        return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
+                                      for row in rows), sys.stdout, "json")
     if args.command == "gradcam":
         from .gradcam import explain_run
         summary = explain_run(args.run, args.images, args.out, target=args.target,

@@ -26,6 +26,7 @@ Run-directory layout that `write_report` reads (the training code writes it):
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -777,6 +778,52 @@ def _clean_prediction_row(row: dict, columns: list[str]) -> dict:
     return clean
 
 
+def write_prediction_rows(rows, file, fmt: str) -> int:
+    """Write prediction rows to an open text file (or sys.stdout) as "json" or "csv"; returns how
+    many. Formats as `write_predictions` says. A list is written with every key of every row as
+    columns; any other iterable is written as it comes, one row at a time, with the keys of its
+    first row as columns, so memory does not grow with the number of rows."""
+    fmt = fmt.lstrip(".")
+    if fmt not in ("json", "csv"):
+        raise ValueError(f"predictions go to .json or .csv, not {fmt!r}")
+    if isinstance(rows, list):
+        body, keys = rows, _columns(rows)
+    else:  # a stream: its first row names the columns
+        rows = iter(rows)
+        first = next(rows, None)
+        body = [] if first is None else itertools.chain([first], rows)
+        keys = [] if first is None else list(first)
+    columns = list(_FIRST_COLUMNS) + [c for c in keys if c not in _FIRST_COLUMNS]
+    n = 0
+    if fmt == "json":
+        for n, row in enumerate(body, start=1):
+            file.write(("[\n" if n == 1 else ",\n") + json.dumps(
+                _clean_prediction_row(row, columns), ensure_ascii=False, allow_nan=False))
+        file.write("\n]\n" if n else "[]\n")
+    else:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for n, row in enumerate(body, start=1):
+            row = _clean_prediction_row(row, columns)
+            writer.writerow({col: "" if row.get(col) is None else row[col] for col in columns})
+    return n
+
+
+@contextlib.contextmanager
+def atomic_text_file(path):
+    """Open `path` for writing under a temporary name beside it, and rename it into place only
+    when the block succeeds: the file appears complete or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", newline="", encoding="utf-8") as f:
+            yield f
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_predictions(rows, path) -> Path:
     """Write per-image predictions; the format follows the suffix.
 
@@ -785,41 +832,13 @@ def write_predictions(rows, path) -> Path:
     .csv:  a header with the same columns; an absent value is an empty cell.
     Floats are written at full precision (repr), never rounded.
 
-    `rows` may be a list (columns: every key of every row) or any iterable, such as
-    `inference.iter_predictions`, which is written as it comes, one row at a time, so memory does
-    not grow with the number of images (columns: the keys of the first row). The file appears
-    complete or not at all: it is written beside its place and moved there at the end."""
+    `rows` may be a list or a stream (e.g. `inference.iter_predictions`), see
+    `write_prediction_rows`. The file appears complete or not at all."""
     path = Path(path)
     if path.suffix not in (".json", ".csv"):
         raise ValueError(f"predictions go to .json or .csv, not {path.suffix!r}")
-    if isinstance(rows, list):
-        body = rows
-        keys = _columns(rows)
-    else:  # a stream: its first row names the columns
-        rows = iter(rows)
-        first = next(rows, None)
-        body = [] if first is None else itertools.chain([first], rows)
-        keys = [] if first is None else list(first)
-    columns = list(_FIRST_COLUMNS) + [c for c in keys if c not in _FIRST_COLUMNS]
-    clean = (_clean_prediction_row(row, columns) for row in body)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as f:
-            if path.suffix == ".json":
-                n = 0
-                for n, row in enumerate(clean, start=1):
-                    f.write(("[\n" if n == 1 else ",\n")
-                            + json.dumps(row, ensure_ascii=False, allow_nan=False))
-                f.write("\n]\n" if n else "[]\n")
-            else:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows({col: "" if row.get(col) is None else row[col] for col in columns}
-                                 for row in clean)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_text_file(path) as f:
+        write_prediction_rows(rows, f, path.suffix)
     return path
 
 

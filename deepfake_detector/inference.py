@@ -165,22 +165,11 @@ def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str 
                     num_workers: int | None = None) -> int:
     """Stream P(fake) for every image in `paths` into `out_file` (.csv or .json) as the batches
     come; memory stays flat however many images there are. Returns the number of rows written."""
-    from .evaluate import write_predictions
-    counted = Counted(iter_predictions(run_dir, paths, batch_size, device, num_workers))
-    write_predictions(counted, out_file)
-    return counted.n
-
-
-class Counted:
-    """An iterable that counts what passes through it."""
-
-    def __init__(self, iterable):
-        self.iterable, self.n = iterable, 0
-
-    def __iter__(self):
-        for item in self.iterable:
-            self.n += 1
-            yield item
+    from .evaluate import atomic_text_file, write_prediction_rows
+    out_file = Path(out_file)
+    with atomic_text_file(out_file) as f:
+        return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device, num_workers),
+                                     f, out_file.suffix)
 
 
 def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size: int = 64,
