@@ -37,7 +37,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from . import CLASS_NAMES, CLASS_TO_IDX
 from .evaluate import FAKE_COLOUR, REAL_COLOUR, markdown_table, write_table
-from .figures import plt, save_figure
+from .figures import paper_style, plt, save_figure
 from .split import SPLITS, inspect_image, list_labelled_folder, read_manifest
 
 # When a difference becomes a flag.
@@ -369,6 +369,7 @@ def separability_rows(separable: dict) -> list[dict]:
     return rows
 
 
+@paper_style
 def plot_file_sizes(records: list[dict]):
     """File-size histograms per class on a log axis: a shift between them is visible at a glance."""
     fig, ax = plt.subplots(figsize=(4.5, 2.8))

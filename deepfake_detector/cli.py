@@ -240,8 +240,14 @@ def run(args) -> object:
 
 
 def main(argv=None) -> int:
+    # The command line only saves figures, never shows them: the headless backend, chosen here by
+    # the application (importing the package leaves the backend alone).
+    import matplotlib
+    matplotlib.use("Agg")
+    from . import __version__
     parser = argparse.ArgumentParser(prog="python -m deepfake_detector", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (add_split, add_train, add_evaluate, add_predict, add_gradcam, add_demo_data,
                 add_notebook, add_audit, add_robustness, add_cross_eval, add_finetune):

@@ -44,7 +44,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              roc_curve)
 
 from deepfake_detector import CLASS_NAMES, CLASS_TO_IDX
-from deepfake_detector.figures import plt, save_figure
+from deepfake_detector.figures import paper_style, plt, save_figure
 
 ECE_BINS = 15
 CI_LEVEL = 0.95
@@ -406,6 +406,7 @@ def _placeholder(ax, message: str) -> None:
     ax.set_xticks([]), ax.set_yticks([])
 
 
+@paper_style
 def plot_confusion_matrix(y_true, p_fake, threshold: float = 0.5, title: str = ""):
     """Counts and row-normalised % (the share of each true class), predicted fake at p >= threshold."""
     y, p = _check_inputs(y_true, p_fake)
@@ -424,6 +425,7 @@ def plot_confusion_matrix(y_true, p_fake, threshold: float = 0.5, title: str = "
     return fig
 
 
+@paper_style
 def plot_roc_curve(y_true, p_fake, threshold: float = 0.5, title: str = ""):
     """ROC with AUC in the legend, the EER point, and the operating point at `threshold`."""
     y, p = _check_inputs(y_true, p_fake)
@@ -450,6 +452,7 @@ def plot_roc_curve(y_true, p_fake, threshold: float = 0.5, title: str = ""):
     return fig
 
 
+@paper_style
 def plot_pr_curve(y_true, p_fake, title: str = ""):
     """Precision-recall for the fake class, AP in the legend, the fake-rate (chance) baseline."""
     y, p = _check_inputs(y_true, p_fake)
@@ -471,6 +474,7 @@ def plot_pr_curve(y_true, p_fake, title: str = ""):
     return fig
 
 
+@paper_style
 def plot_reliability_diagram(y_true, p_fake, n_bins: int = ECE_BINS, title: str = ""):
     """Fraction truly fake per bin of P(fake) against the diagonal, ECE in the title, and how
     many images each bin holds (a well-fit detector leaves the middle bins nearly empty)."""
@@ -496,6 +500,7 @@ def plot_reliability_diagram(y_true, p_fake, n_bins: int = ECE_BINS, title: str 
     return fig
 
 
+@paper_style
 def plot_probability_histogram(y_true, p_fake, threshold: float = 0.5,
                                val_threshold: float | None = None, title: str = "",
                                log_scale: bool = False):
@@ -542,6 +547,7 @@ def _plot_series(ax, history: list[dict], key: str, label: str, colour: str) -> 
         ax.plot(epochs, values, marker="o", ms=3, lw=1.5, color=colour, label=label)
 
 
+@paper_style
 def plot_history(history: list[dict], best_epoch: int | None = None, title: str = ""):
     """Learning curves per epoch: loss (train, val), accuracy (train, val) and, when present,
     val ROC-AUC; the best epoch (min val_loss unless given) is marked on every panel."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, make_loader, normalize_batch, uint8_transform
 from .model import backbone_features, backbone_fingerprint

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import CLASS_TO_IDX
 from .data import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, normalize_batch,

@@ -42,6 +42,7 @@ from torch import nn
 
 from . import CLASS_NAMES, CLASS_TO_IDX
 from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, open_image
+from .figures import paper_style
 
 TARGETS = ("predicted", "fake", "real")
 OUTCOMES = ("tp", "tn", "fp", "fn")                # with labels; fake is the positive class
@@ -225,6 +226,7 @@ def label_name(label) -> str:
     return label if isinstance(label, str) else CLASS_NAMES[int(label)]
 
 
+@paper_style
 def plot_contact_sheet(examples: Sequence[dict], colormap: int = cv2.COLORMAP_JET,
                        image_weight: float = 0.5, title: str | None = None):
     """A grid for a paper: one row per outcome, and for each example image | heatmap | overlay.
@@ -275,7 +277,8 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                    target="predicted", batch_size: int = 16, device=None,
                    max_images: int | None = None, mask_paths: Sequence | None = None,
                    colormap: int = cv2.COLORMAP_JET, image_weight: float = 0.5,
-                   per_outcome: int = 3, sheet_paths: Sequence | None = None) -> dict:
+                   per_outcome: int = 3, sheet_paths: Sequence | None = None,
+                   layer: nn.Module | None = None) -> dict:
     """Grad-CAM for many images, one batch in memory at a time; writes under out_dir:
 
         overlays/{tp,tn,fp,fn}/NAME__p0.973.png   (pred_fake/ pred_real/ for unlabelled images):
@@ -292,7 +295,7 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
     file (255 = manipulated) or None; where given, localisation_scores of the maps that explain
     "fake" are computed (at the model's input size) and returned.
     device: moves the model there (default: where it is). Files already in out_dir stay: give
-    each run its own folder.
+    each run its own folder. layer: the layer explained (default model.layer4[-1]).
     """
     out_dir = Path(out_dir)
     if device is not None:
@@ -313,7 +316,7 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
         batch = paths[start:start + batch_size]
         originals = [open_image(p) for p in batch]
         images = torch.stack([transform(image) for image in originals])
-        result = grad_cam_with_logits(model, images, target)
+        result = grad_cam_with_logits(model, images, target, layer)
         for k, (path, original) in enumerate(zip(batch, originals)):
             i = start + k
             probability = float(result.probabilities[k])
@@ -536,6 +539,7 @@ def randomisation_check(model: nn.Module, images: torch.Tensor, target="predicte
     return results
 
 
+@paper_style
 def plot_randomisation(results: Sequence[tuple[str, float]], path_stem=None):
     """The cascade as a line: 1.0 for the trained model, then each randomisation step."""
     from .figures import plt, save_figure

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data import make_loader, normalize_batch, uint8_transform
 from .features import inference_pass, lagged
@@ -28,7 +28,13 @@ def load_run(run_dir: str | Path, device: str = "auto"):
                                 "`python -m deepfake_detector train`?")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model, _ = build_model("none", seed=None)  # the architecture only; the weights come next
-    model.load_state_dict(checkpoint.pop("model_state"))
+    try:
+        model.load_state_dict(checkpoint.pop("model_state"))
+    except RuntimeError as error:
+        raise ValueError(f"{path} holds a model with a non-standard head "
+                         f"({checkpoint.get('head', 'unknown')}), not Linear(512, 1): a notebook "
+                         "experiment, which only the notebook that defined the head can load "
+                         f"(model.load_state_dict). ({str(error).splitlines()[0]})") from error
     return model.to(pick_device(device)).eval(), checkpoint
 
 

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .data import make_loader, normalize_batch, uint8_transform
 from .evaluate import AUC_COLOUR, FAKE_COLOUR, MUTED, compute_metrics, write_report, write_table
 from .features import inference_pass
-from .figures import plt, save_figure
+from .figures import paper_style, plt, save_figure
 from .inference import evaluate_run, load_run
 from .split import list_labelled_folder, list_split, read_manifest
 
@@ -166,6 +166,7 @@ def robustness_table(run_dir, data_dir, split: str = "val", perturbations: dict 
     return rows
 
 
+@paper_style
 def plot_robustness(rows: list[dict], title: str = ""):
     """Grouped bars of ROC-AUC and accuracy per perturbation, 95% CIs as error bars, chance at 0.5."""
     names = [LABELS.get(row["perturbation"], row["perturbation"]) for row in rows]

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageFile
-from tqdm import tqdm
+from .progress import tqdm
 
 from deepfake_detector import CLASS_NAMES, CLASS_TO_IDX, __version__
 

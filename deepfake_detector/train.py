@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
 import shutil
 import time
@@ -23,7 +24,7 @@ import torch
 import torchvision
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from . import CLASS_TO_IDX, __version__
 from .audit import AuditWarning, audit_split
@@ -63,6 +64,54 @@ class TrainConfig:
 
 class RunExistsError(FileExistsError):
     pass
+
+
+@dataclass(eq=False)
+class TrainedRun(os.PathLike):
+    """What `train` returns: the live results of a run, and (as a path) its run directory.
+
+    It is path-like, so `train(config) / "history.json"`, `Path(run)`, `open(run / ...)` and
+    `load_run(run)` work as they did when train returned the directory. The files in the directory
+    stay the durable record; these attributes are the same numbers, without reading them back.
+    """
+    run_dir: Path
+    model: nn.Module              # the trained model, best head restored, eval mode, on `device`
+    config: TrainConfig
+    history: list                 # one dict per epoch: train/val loss and accuracy, val AUC, seconds
+    best_epoch: int
+    metrics: dict                 # validation metrics (as metrics_val.json)
+    val_items: list               # (path, label) per validation image, in order
+    val_probabilities: np.ndarray  # P(fake) per validation image, same order
+    weights_record: dict
+    counts: dict                  # images per split and class
+    train_seconds: float
+    device: torch.device
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.run_dir)
+
+    def __truediv__(self, other) -> Path:
+        return self.run_dir / other
+
+    def __str__(self) -> str:
+        return str(self.run_dir)
+
+    def __repr__(self) -> str:
+        return (f"TrainedRun({str(self.run_dir)!r}, best_epoch={self.best_epoch}, "
+                f"val accuracy={self.metrics.get('accuracy')}, device={self.device})")
+
+    @property
+    def val_labels(self) -> np.ndarray:
+        return np.array([label for _, label in self.val_items])
+
+    @property
+    def val_paths(self) -> list[Path]:
+        return [Path(path) for path, _ in self.val_items]
+
+    @property
+    def val_threshold(self) -> float:
+        """The decision threshold chosen on the validation split (optimistic there)."""
+        return float(self.metrics["val_threshold"])
 
 
 class RunLog:
@@ -194,8 +243,18 @@ def image_batches(items, transform, config, order, device):
 
 # --- a whole training run -------------------------------------------------------------------
 
-def train(config: TrainConfig, log_to_console: bool = True) -> Path:
-    """Train a head as `config` says; returns the run directory with everything a later step needs."""
+def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | None = None,
+          weights_record: dict | None = None) -> TrainedRun:
+    """Train a head as `config` says; returns a TrainedRun: the live model, history, metrics and
+    validation predictions, and (path-like) the run directory with everything a later step needs.
+
+    `model` (with its `weights_record`, as build_model returns them): train this model's head
+    instead of building one from config.weights; the notebook passes the model it built and
+    froze in front of the student. Its backbone must match config.weights (the record says which).
+    """
+    if model is not None and weights_record is None:
+        raise ValueError("train(model=...) needs the weights_record that build_model returned "
+                         "with it: the run must record which weights its backbone holds.")
     run_dir = prepare_run_dir(config.out_dir, config.overwrite)
     config.out_dir = str(run_dir)
     log = RunLog(run_dir, echo=log_to_console)
@@ -224,8 +283,9 @@ def train(config: TrainConfig, log_to_console: bool = True) -> Path:
     # Imbalanced data: weigh the positive (fake) class so each class counts equally in the loss.
     pos_weight = counts["train"]["real"] / counts["train"]["fake"]
 
-    model, weights_record = build_model(config.weights, seed=config.seed)
-    model.to(device)
+    if model is None:
+        model, weights_record = build_model(config.weights, seed=config.seed)
+    model.eval().to(device)  # eval: BatchNorm keeps its statistics; only the head learns
     if not weights_record["pretrained"]:
         log(random_init_banner(weights_record["note"]))
     log(f"device {device}; train {counts['train']}, val {counts['val']}; pos_weight {pos_weight:.3f}")
@@ -276,9 +336,14 @@ def train(config: TrainConfig, log_to_console: bool = True) -> Path:
                                                 nn.BCEWithLogitsLoss(), None, device)
     model.cpu()
     save_run(run_dir, model, config, weights_record, history, best_epoch, counts, train_seconds)
-    finish_run(run_dir, val_items, torch.sigmoid(val_logits).numpy(), config, history, best_epoch,
-               data_dir=config.data_dir, log=log)
-    return run_dir
+    model.to(device)
+    val_probabilities = torch.sigmoid(val_logits).numpy()
+    metrics = finish_run(run_dir, val_items, val_probabilities, config, history, best_epoch,
+                         data_dir=config.data_dir, log=log)
+    return TrainedRun(run_dir=run_dir, model=model, config=config, history=history,
+                      best_epoch=best_epoch, metrics=metrics, val_items=val_items,
+                      val_probabilities=val_probabilities, weights_record=weights_record,
+                      counts=counts, train_seconds=train_seconds, device=device)
 
 
 def finish_run(run_dir: Path, val_items, val_probabilities, config, history, best_epoch,
@@ -332,6 +397,9 @@ def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, hi
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "threshold": 0.5,
         "weights": weights_record,
+        # load_run rebuilds the standard head, Linear(512, 1); another head (a notebook
+        # experiment) is recorded here so that loading it fails with a clear message.
+        "head": repr(model.fc),
         "best_epoch": best_epoch,
         "best_val": history[best_epoch - 1],
         "versions": library_versions(),

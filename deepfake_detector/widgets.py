@@ -1,0 +1,239 @@
+"""The notebook's interactive parts (ipywidgets): a threshold slider, a browser of validation images
+with their Grad-CAM, and an upload box for one's own image.
+
+Each is a small class that builds its widgets, draws its first state at once (so a headless run
+shows it), and redraws on change. Pictures are PNG bytes in `widgets.Image`, text is
+`widgets.HTML`: nothing depends on a live front end, so a test can set a value from code and read
+what is shown (`.shown` holds the numbers behind the last drawing). Display one in a notebook by
+putting it last in a cell, or with `display(x)`.
+"""
+from __future__ import annotations
+
+import html
+import io
+import tempfile
+from pathlib import Path
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from PIL import Image
+
+from . import CLASS_NAMES
+from .data import IMAGENET_MEAN, IMAGENET_STD, ImageLoadError, eval_transform, open_image
+from .figures import plt
+from .gradcam import OUTCOMES, grad_cam_with_logits, outcome_of, overlay
+
+OPTIMISM_NOTE = ("A threshold tuned on a split and reported on the same split is optimistic: "
+                 "the numbers flatter it. Choose the threshold on val, then report it on the test "
+                 "split (set TEST_FRACTION &gt; 0), which this slider then shows.")
+
+
+def figure_png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def array_png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def side_by_side(image: Image.Image, cam: np.ndarray, longest_side: int = 256) -> np.ndarray:
+    """The image and its Grad-CAM overlay, next to each other, scaled for the screen (small images
+    are enlarged with nearest neighbours, so their pixels stay visible)."""
+    scale = longest_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    shown = image.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
+    picture = np.asarray(shown)
+    gap = np.full((picture.shape[0], 8, 3), 255, np.uint8)
+    return np.hstack([picture, gap, overlay(picture, cam)])
+
+
+class _Displayable:
+    widget: widgets.Widget
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+class ThresholdExplorer(_Displayable):
+    """A slider over the decision threshold; redraws the confusion matrix, precision and recall.
+
+    labels: 0 real / 1 fake; probabilities: P(fake), on the split named `split`."""
+
+    def __init__(self, labels, probabilities, split: str = "val", threshold: float = 0.5,
+                 val_threshold: float | None = None):
+        self.labels = np.asarray(labels).astype(int)
+        self.probabilities = np.asarray(probabilities, dtype=float)
+        self.split, self.val_threshold = split, val_threshold
+        self.slider = widgets.FloatSlider(value=threshold, min=0.0, max=1.0, step=0.01,
+                                          description="threshold", continuous_update=False,
+                                          readout_format=".2f")
+        self.numbers = widgets.HTML()
+        self.figure = widgets.Image(format="png")
+        chosen = (f" The threshold chosen on val is {val_threshold:.3f}."
+                  if val_threshold is not None else "")
+        self.note = widgets.HTML(f"<p><b>Numbers on the {html.escape(split)} split "
+                                 f"({len(self.labels)} images).</b>{chosen} {OPTIMISM_NOTE}</p>")
+        self.widget = widgets.VBox([self.note, self.slider,
+                                    widgets.HBox([self.figure, self.numbers])])
+        self.slider.observe(lambda change: self.show(change["new"]), names="value")
+        self.show(threshold)
+
+    def show(self, threshold: float) -> dict:
+        predicted_fake = self.probabilities >= threshold
+        fake = self.labels == 1
+        tp, fp = int(np.sum(predicted_fake & fake)), int(np.sum(predicted_fake & ~fake))
+        fn, tn = int(np.sum(~predicted_fake & fake)), int(np.sum(~predicted_fake & ~fake))
+
+        def ratio(a, b):
+            return a / b if b else float("nan")
+        self.shown = {"threshold": float(threshold), "split": self.split,
+                      "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                      "accuracy": ratio(tp + tn, len(self.labels)),
+                      "precision_fake": ratio(tp, tp + fp), "recall_fake": ratio(tp, tp + fn),
+                      "precision_real": ratio(tn, tn + fn), "recall_real": ratio(tn, tn + fp)}
+        rows = "".join(f"<tr><td>{name}</td><td>{self.shown[f'precision_{name}']:.3f}</td>"
+                       f"<td>{self.shown[f'recall_{name}']:.3f}</td></tr>" for name in CLASS_NAMES)
+        self.numbers.value = (
+            f"<table><tr><th>class</th><th>precision</th><th>recall</th></tr>{rows}</table>"
+            f"<p>accuracy {self.shown['accuracy']:.3f} at threshold {threshold:.2f}<br>"
+            f"fake called fake (tp) {tp}, real called fake (fp) {fp},<br>"
+            f"fake called real (fn) {fn}, real called real (tn) {tn}</p>")
+        from .evaluate import plot_confusion_matrix
+        self.figure.value = figure_png(plot_confusion_matrix(
+            self.labels, self.probabilities, threshold=threshold, title=self.split))
+        return self.shown
+
+
+class _CamView:
+    """Shared by the browser and the upload box: P(fake) and the Grad-CAM of one image."""
+
+    def __init__(self, model, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, layer=None):
+        self.model, self.layer = model, layer
+        self.transform = eval_transform(img_size, mean, std)
+
+    def explain(self, image: Image.Image, target: str):
+        batch = self.transform(image)[None].to(next(self.model.parameters()).device)
+        result = grad_cam_with_logits(self.model, batch, target=target, layer=self.layer)
+        return float(result.probabilities[0]), result.cams[0]
+
+
+class ImageBrowser(_Displayable, _CamView):
+    """Validation images filtered by outcome (tp/tn/fp/fn at `threshold`), each with P(fake) and
+    its Grad-CAM for the target fake or real."""
+
+    def __init__(self, model, paths, labels, probabilities, img_size: int, threshold: float = 0.5,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, layer=None):
+        _CamView.__init__(self, model, img_size, mean, std, layer)
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(y) for y in labels]
+        self.probabilities = [float(p) for p in probabilities]
+        self.threshold = threshold
+        self.outcomes = [outcome_of(y, p >= threshold)
+                         for y, p in zip(self.labels, self.probabilities)]
+        counts = {o: self.outcomes.count(o) for o in OUTCOMES}
+        first = next((o for o in OUTCOMES if counts[o]), OUTCOMES[0])
+        self.outcome = widgets.ToggleButtons(
+            options=[(f"{o} ({counts[o]})", o) for o in OUTCOMES], value=first,
+            tooltips=["fake called fake", "real called real", "real called fake",
+                      "fake called real"])
+        self.target = widgets.ToggleButtons(options=["fake", "real"], value="fake",
+                                            description="Grad-CAM for")
+        self.image = widgets.Dropdown(description="image")
+        self.picture = widgets.Image(format="png")
+        self.caption = widgets.HTML()
+        self.widget = widgets.VBox([self.outcome, self.image, self.target, self.picture,
+                                    self.caption])
+        self._filling = False
+        self._fill_images()
+        self.outcome.observe(lambda _: self._fill_images(), names="value")
+        self.image.observe(lambda _: None if self._filling else self.show(), names="value")
+        self.target.observe(lambda _: self.show(), names="value")
+
+    def _fill_images(self) -> None:
+        indices = [i for i, o in enumerate(self.outcomes) if o == self.outcome.value]
+        # most confident first, as on the contact sheet
+        indices.sort(key=lambda i: -max(self.probabilities[i], 1 - self.probabilities[i]))
+        options = [(f"{self.paths[i].name}  P(fake)={self.probabilities[i]:.3f}", i)
+                   for i in indices]
+        self._filling = True  # new options select the first one: show it once, below
+        try:
+            self.image.options = options
+            self.image.value = options[0][1] if options else None
+        finally:
+            self._filling = False
+        self.show()
+
+    def show(self) -> dict | None:
+        index = self.image.value
+        if index is None:
+            self.picture.value = b""
+            self.caption.value = f"<p>No validation image is {self.outcome.value}.</p>"
+            self.shown = None
+            return None
+        image = open_image(self.paths[index])
+        probability, cam = self.explain(image, self.target.value)
+        self.picture.value = array_png(side_by_side(image, cam))
+        label = CLASS_NAMES[self.labels[index]]
+        self.shown = {"path": self.paths[index], "label": label, "probability": probability,
+                      "outcome": self.outcomes[index], "target": self.target.value, "cam": cam}
+        self.caption.value = (f"<p><b>{html.escape(self.paths[index].name)}</b>: labelled {label}, "
+                              f"P(fake) = {probability:.3f} ({self.outcomes[index]} at threshold "
+                              f"{self.threshold:.2f}). Left: the image; right: where the model saw "
+                              f"evidence for <b>{self.target.value}</b>.</p>")
+        return self.shown
+
+
+class UploadBox(_Displayable, _CamView):
+    """Try one's own image: P(fake), the verdict at `threshold` (the one chosen on val) and its
+    Grad-CAM for the verdict."""
+
+    def __init__(self, model, img_size: int, threshold: float, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, layer=None):
+        _CamView.__init__(self, model, img_size, mean, std, layer)
+        self.threshold = threshold
+        self.upload = widgets.FileUpload(accept="image/*", multiple=False,
+                                         description="Your image")
+        self.picture = widgets.Image(format="png")
+        self.caption = widgets.HTML(f"<p>Upload an image: it gets P(fake), the verdict at the "
+                                    f"threshold chosen on val ({threshold:.3f}) and its "
+                                    "Grad-CAM. It stays on this machine.</p>")
+        self.widget = widgets.VBox([self.upload, self.picture, self.caption])
+        self.shown = None
+        self.upload.observe(self._on_upload, names="value")
+
+    def _on_upload(self, change) -> None:
+        files = change["new"]
+        if files:
+            self.show_bytes(bytes(files[-1]["content"]), files[-1]["name"])
+
+    def show_bytes(self, data: bytes, name: str = "upload") -> dict | None:
+        """What an upload shows, for any bytes (the test feeds them here or through .upload)."""
+        safe_name = Path(name).name or "upload"
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / safe_name
+            path.write_bytes(data)
+            try:
+                image = open_image(path)
+            except ImageLoadError:
+                self.picture.value = b""
+                self.caption.value = (f"<p><b>{html.escape(safe_name)}</b> could not be read as an "
+                                      "image. Try a JPEG or PNG file.</p>")
+                self.shown = None
+                return None
+        with torch.no_grad():
+            probability, _ = self.explain(image, "fake")
+        verdict = "fake" if probability >= self.threshold else "real"
+        _, cam = self.explain(image, verdict)
+        self.picture.value = array_png(side_by_side(image, cam))
+        self.shown = {"name": safe_name, "probability": probability, "verdict": verdict,
+                      "threshold": self.threshold, "cam": cam}
+        self.caption.value = (f"<p><b>{html.escape(safe_name)}</b>: P(fake) = {probability:.3f}; "
+                              f"verdict at threshold {self.threshold:.3f}: <b>{verdict}</b>. "
+                              f"Right: where the model saw evidence for {verdict}.</p>")
+        return self.shown

@@ -1,0 +1,111 @@
+"""The notebook's widgets, driven from code: set the slider, pick an image, feed an upload, and
+check what each one shows against numbers computed independently."""
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from PIL import Image
+
+widgets = pytest.importorskip("ipywidgets")
+
+from deepfake_detector import gradcam  # noqa: E402
+from deepfake_detector.data import eval_transform, open_image  # noqa: E402
+from deepfake_detector.evaluate import read_predictions  # noqa: E402
+from deepfake_detector.inference import load_run  # noqa: E402
+from deepfake_detector.widgets import ImageBrowser, ThresholdExplorer, UploadBox  # noqa: E402
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    return Image.open(io.BytesIO(data)).size
+
+
+def test_threshold_slider_redraws_confusion_matrix_and_precision_recall():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    probabilities = np.array([0.1, 0.2, 0.6, 0.8, 0.3, 0.55, 0.7, 0.9, 0.95, 0.4])
+    explorer = ThresholdExplorer(labels, probabilities, split="val", threshold=0.5,
+                                 val_threshold=0.5)
+    assert explorer.shown == pytest.approx(
+        {"threshold": 0.5, "split": "val", "tp": 4, "fp": 2, "fn": 2, "tn": 2,
+         "accuracy": 0.6, "precision_fake": 4 / 6, "recall_fake": 4 / 6,
+         "precision_real": 2 / 4, "recall_real": 2 / 4})
+    first_picture = explorer.figure.value
+    assert png_size(first_picture)[0] > 100
+
+    explorer.slider.value = 0.65  # as a user dragging the slider
+    shown = explorer.shown
+    assert (shown["tp"], shown["fp"], shown["fn"], shown["tn"]) == (3, 1, 3, 3)
+    assert shown["precision_fake"] == pytest.approx(3 / 4)
+    assert shown["recall_fake"] == pytest.approx(3 / 6)
+    assert "0.750" in explorer.numbers.value and "0.65" in explorer.numbers.value
+    assert explorer.figure.value != first_picture  # the matrix was redrawn
+    assert "optimistic" in explorer.note.value and "val split" in explorer.note.value
+
+
+def test_threshold_explorer_names_the_test_split_it_shows():
+    explorer = ThresholdExplorer([0, 1], [0.2, 0.9], split="test", threshold=0.5)
+    assert "test split" in explorer.note.value and explorer.shown["accuracy"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def run_model(trained_run):
+    model, checkpoint = load_run(trained_run, device="cpu")
+    return model, checkpoint
+
+
+def test_image_browser_filters_by_outcome_and_shows_the_package_grad_cam(trained_run, run_model):
+    model, checkpoint = run_model
+    rows = read_predictions(trained_run / "predictions_val.csv")
+    paths = [row["path"] for row in rows]
+    labels = [int(row["label"]) for row in rows]
+    probabilities = [float(row["prediction"]) for row in rows]
+    browser = ImageBrowser(model, paths, labels, probabilities, checkpoint["img_size"],
+                           threshold=0.5)
+    expected = [gradcam.outcome_of(y, p >= 0.5) for y, p in zip(labels, probabilities)]
+    for outcome in gradcam.OUTCOMES:
+        browser.outcome.value = outcome
+        indices = [value for _, value in browser.image.options]
+        assert sorted(indices) == [i for i, o in enumerate(expected) if o == outcome]
+        if not indices:
+            assert browser.shown is None and "No validation image" in browser.caption.value
+            continue
+        assert browser.shown["outcome"] == outcome
+    browser.outcome.value = next(o for o in gradcam.OUTCOMES if o in expected)
+    index = browser.image.options[-1][1]
+    browser.image.value = index  # pick an image
+    for target in ("real", "fake"):
+        browser.target.value = target
+        shown = browser.shown
+        assert str(shown["path"]) == str(paths[index]) and shown["target"] == target
+        assert shown["probability"] == pytest.approx(probabilities[index], abs=1e-5)
+        image = eval_transform(checkpoint["img_size"])(open_image(paths[index]))[None]
+        reference = gradcam.grad_cam(model, image, target=target)[0]
+        np.testing.assert_allclose(shown["cam"], reference, atol=1e-6)
+        assert f"{probabilities[index]:.3f}" in browser.caption.value
+    assert len(browser.picture.value) > 0
+
+
+def test_upload_box_gives_probability_verdict_and_cam(run_model, tmp_path):
+    model, checkpoint = run_model
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    box = UploadBox(model, checkpoint["img_size"], threshold=0.5)
+    assert box.shown is None and "Upload an image" in box.caption.value  # the first state
+    box.upload.value = ({"name": "mine.png", "type": "image/png", "size": len(buffer.getvalue()),
+                         "content": memoryview(buffer.getvalue()),
+                         "last_modified": datetime.now(timezone.utc)},)
+    shown = box.shown
+    tensor = eval_transform(checkpoint["img_size"])(image)[None]
+    result = gradcam.grad_cam_with_logits(model, tensor, target="predicted")
+    assert shown["probability"] == pytest.approx(float(result.probabilities[0]), abs=1e-5)
+    assert shown["verdict"] == ("fake" if result.probabilities[0] >= 0.5 else "real")
+    np.testing.assert_allclose(shown["cam"], result.cams[0], atol=1e-6)
+    assert "mine.png" in box.caption.value and shown["verdict"] in box.caption.value
+    width, height = png_size(box.picture.value)
+    assert width > height  # the image and its overlay side by side
+
+    assert box.show_bytes(b"not an image", "notes.txt") is None
+    assert "could not be read" in box.caption.value and "notes.txt" in box.caption.value
