@@ -103,8 +103,13 @@ def add_notebook(commands):
     p.add_argument("--notebook", default="notebooks/deepfake_detector.ipynb")
     p.add_argument("--out", default=None, help="folder for the run (default outputs/demo-<time>)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                   metavar=("NAME", "VALUE"), help="override a parameters-cell value (Python literal)")
+                   metavar=("NAME", "VALUE"),
+                   help="override a parameters-cell value: a Python literal (30, 1e-3, None, "
+                        "'[\"a\", \"b\"]'), otherwise taken as a plain string (imagenet)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.add_argument("--cwd", default=None,
+                   help="the kernel's working directory, from which the notebook's relative "
+                        "paths (dataset_raw, data, outputs) are read (default: the project root)")
 
 
 def add_audit(commands):
@@ -204,7 +209,8 @@ def run(args) -> object:
         return out
     if args.command == "notebook":
         from .notebook import execute_notebook
-        out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout)
+        out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout,
+                               cwd=args.cwd)
         print(f"executed notebook and its artefacts: {out}")
         return out
     if args.command == "audit":

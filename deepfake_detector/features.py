@@ -68,7 +68,10 @@ def inference_pass(model: torch.nn.Module, device: torch.device):
     """Everything a forward-only pass over many images wants: no autograd bookkeeping,
     channels-last, AMP and cuDNN autotuning on CUDA; the model is put back afterwards."""
     model.eval()
-    with torch.inference_mode(), channels_last(model), autocast_for(device), cudnn_autotune(device):
+    # channels_last outside inference_mode: converting the weights inside it would turn them into
+    # inference tensors, and autograd through the model (Grad-CAM on layer3, fine-tuning the same
+    # model afterwards) would fail.
+    with channels_last(model), torch.inference_mode(), autocast_for(device), cudnn_autotune(device):
         yield model
 
 

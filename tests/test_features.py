@@ -206,3 +206,16 @@ def test_a_folder_with_no_readable_image_leaves_no_file(run_dir, tmp_path):
             pytest.raises(ValueError, match="No readable images"):
         predict_to_file(run_dir, [folder], tmp_path / "out.csv", device="cpu", num_workers=0)
     assert list(tmp_path.glob("*out.csv*")) == []  # neither the file nor a temporary
+
+
+def test_extraction_leaves_the_model_usable_by_autograd(items):
+    """After a feature pass, no weight may be an inference tensor: Grad-CAM on layer3 (whose
+    backward runs through layer4's convolutions) and fine-tuning the same model need autograd."""
+    from deepfake_detector.gradcam import grad_cam
+    model = build_model("none", seed=0)[0]
+    extract_features(model, items, SIZE, num_workers=0)
+    assert not any(p.is_inference() for p in model.parameters())
+    assert not any(b.is_inference() for b in model.buffers())
+    images = torch.stack([eval_transform(SIZE)(open_image(path)) for path, _ in items[:2]])
+    cams = grad_cam(model, images, "fake", layer=model.layer3[-1])
+    assert cams.shape == (2, SIZE, SIZE)

@@ -1,15 +1,23 @@
-"""The notebook itself, executed end to end, headless, on a small synthetic set; and the demo's promise."""
+"""The notebook: committed clean; executed headless as papermill does (parameters, a copy saved
+after every cell); every cell re-runnable in the same kernel; and the demo's promise."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-from deepfake_detector.notebook import PROJECT_ROOT, execute_notebook
+from deepfake_detector.notebook import (MARKER, PROJECT_ROOT, NotebookStop, claim_for_notebook,
+                                        execute_notebook, inject_parameters, mark_as_notebooks,
+                                        parse_value)
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "deepfake_detector.ipynb"
+TINY = {"SYNTHETIC_N_PER_CLASS": "60", "IMG_SIZE": "64", "EPOCHS": "30", "LR": "1e-3",
+        "WEIGHTS": "none", "GRADCAM_IMAGES": "16", "BATCH_SIZE": "16"}
 
 
 def test_notebook_is_committed_clean_with_a_parameters_cell():
@@ -17,23 +25,174 @@ def test_notebook_is_committed_clean_with_a_parameters_cell():
     code_cells = [c for c in notebook.cells if c.cell_type == "code"]
     assert "parameters" in code_cells[0].metadata.get("tags", [])
     assert all(not c.outputs and c.execution_count is None for c in code_cells)
+    source = "\n".join(c.source for c in code_cells)
+    assert "inspect.getsource" not in source  # taught code is in cells, not printed
+    for name in ("REPLACE_SPLIT", "REPLACE_RUN", "EXERCISES"):
+        assert f"{name} = " in code_cells[0].source
+
+
+@pytest.mark.parametrize("text, value", [
+    ("imagenet", "imagenet"), ('"imagenet"', "imagenet"), ("30", 30), ("1e-3", 1e-3),
+    ('["a", "b"]', ["a", "b"]), ("None", None), ("True", True), ("data/my set", "data/my set"),
+    ("outputs/run-1", "outputs/run-1"), ("", "")])
+def test_parameters_are_literals_or_plain_strings(text, value):
+    assert parse_value(text) == value
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("X = 1", metadata={"tags": ["parameters"]})])
+    inject_parameters(notebook, {"X": parse_value(text)})
+    namespace = {}
+    exec(notebook.cells[1].source, namespace)
+    assert namespace["X"] == value
+
+
+def test_the_notebook_replaces_only_what_it_made(tmp_path):
+    assert claim_for_notebook(tmp_path / "missing", "REPLACE_RUN") is False
+    (tmp_path / "empty").mkdir()
+    assert claim_for_notebook(tmp_path / "empty", "REPLACE_RUN") is False
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    with pytest.raises(NotebookStop, match="REPLACE_SPLIT = True") as stop:
+        claim_for_notebook(theirs, "REPLACE_SPLIT")
+    assert stop.value._render_traceback_() == [f"STOPPED: {stop.value}"]  # one line, no traceback
+    assert claim_for_notebook(theirs, "REPLACE_SPLIT", allowed=True) is True
+    assert (theirs / "notes.txt").read_text() == "keep me"  # deciding deletes nothing
+    mark_as_notebooks(theirs, "run")
+    assert json.loads((theirs / MARKER).read_text())["what"] == "run"
+    assert claim_for_notebook(theirs, "REPLACE_RUN") is True
+
+
+def small_notebook(path: Path, *sources: str) -> Path:
+    cells = [nbformat.v4.new_code_cell("X = 1", metadata={"tags": ["parameters"]})]
+    cells += [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    return path
+
+
+def test_a_failing_cell_leaves_the_partial_notebook_and_cwd_is_settable(tmp_path):
+    notebook = small_notebook(tmp_path / "nb.ipynb", "import os; print(os.getcwd(), X)",
+                              "raise ValueError('broken here')", "print('never')")
+    (tmp_path / "work").mkdir()
+    with pytest.raises(CellExecutionError):
+        execute_notebook(notebook, tmp_path / "out", {"X": "hello"}, timeout=60,
+                         cwd=tmp_path / "work")
+    executed = nbformat.read(tmp_path / "out" / "nb.executed.ipynb", as_version=4)
+    outputs = [c.outputs for c in executed.cells]
+    assert outputs[2][0]["text"].strip() == f"{tmp_path / 'work'} hello"
+    assert outputs[3][0]["output_type"] == "error" and "broken here" in outputs[3][0]["evalue"]
+    assert outputs[4] == []
+
+
+def test_a_cell_timeout_leaves_the_partial_notebook(tmp_path):
+    notebook = small_notebook(tmp_path / "nb.ipynb", "print('done first')", "import time; time.sleep(30)")
+    with pytest.raises(CellTimeoutError):
+        execute_notebook(notebook, tmp_path / "out", timeout=3)
+    executed = nbformat.read(tmp_path / "out" / "nb.executed.ipynb", as_version=4)
+    assert executed.cells[2].outputs[0]["text"] == "done first\n"
+
+
+def test_cli_reads_parameters_as_papermill(tmp_path, capsys):
+    from deepfake_detector.cli import main
+    notebook = small_notebook(tmp_path / "nb.ipynb", "print(repr(WEIGHTS), EPOCHS + 1, DATASETS)")
+    assert main(["notebook", "--notebook", str(notebook), "--out", str(tmp_path / "out"),
+                 "-p", "WEIGHTS", "imagenet", "-p", "EPOCHS", "30",
+                 "-p", "DATASETS", '["a", "b"]', "--cwd", str(tmp_path)]) == 0
+    executed = nbformat.read(tmp_path / "out" / "nb.executed.ipynb", as_version=4)
+    assert executed.cells[2].outputs[0]["text"] == "'imagenet' 31 ['a', 'b']\n"
+
+
+def errors(notebook) -> list[str]:
+    return [f"cell {i}: {o.ename}: {o.evalue}" for i, c in enumerate(notebook.cells)
+            if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+
+
+def kernel_json(client, code: str):
+    """Run `code` in the live kernel; what it prints last is read back as JSON."""
+    cell = nbformat.v4.new_code_cell(code)
+    client.execute_cell(cell, len(client.nb.cells))
+    text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream"
+                   and o.name == "stdout")
+    assert not [o for o in cell.outputs if o.output_type == "error"], cell.outputs
+    return json.loads(text.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_notebook_runs_end_to_end(tmp_path):
+def test_notebook_runs_then_every_cell_runs_again_and_follows_new_parameters(tmp_path):
+    """Run all cells (exercises on), then every code cell a second time in the same kernel; then
+    change VAL_FRACTION and re-run: the split and the run follow, replaced because the notebook
+    made them, and dataset_raw/ stays untouched."""
     project = tmp_path / "project"  # an empty dataset_raw/: the notebook makes synthetic data
     (project / "dataset_raw").mkdir(parents=True)
     out = project / "outputs" / "nb"
-    parameters = {"SYNTHETIC_N_PER_CLASS": "60", "IMG_SIZE": "64", "EPOCHS": "30", "LR": "1e-3",
-                  "WEIGHTS": repr("none"), "GRADCAM_IMAGES": "16", "BATCH_SIZE": "16"}
-    execute_notebook(NOTEBOOK, out, parameters, timeout=600, cwd=project)
+    out.mkdir(parents=True)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    inject_parameters(notebook, {"OUTPUT_DIR": str(out), "EXERCISES": True,
+                                 **{k: parse_value(v) for k, v in TINY.items()}})
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(project)}})
+    code_cells = [(i, c) for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
+    with client.setup_kernel(env={**os.environ, "DEEPFAKE_DETECTOR_PROGRESS": "log"}):
+        for index, cell in code_cells:
+            client.execute_cell(cell, index)
+        first = nbformat.from_dict(json.loads(json.dumps(notebook)))
+        assert not errors(first)
+        first_run = kernel_json(client, "print(json.dumps({'n_val': run.metrics['n_images'], "
+                                        "'model_is_run_model': run.model is model, "
+                                        "'device': str(next(model.parameters()).device)}))")
+        assert first_run == {"n_val": 24, "model_is_run_model": True, "device": "cpu"}
+
+        for index, cell in code_cells:  # every code cell again, in order
+            client.execute_cell(cell, index)
+        assert not errors(notebook)
+        training_cell = next(c for _, c in code_cells if "training.train(config" in c.source)
+        said = "".join(o.get("text", "") for o in training_cell.outputs)
+        assert "re-run: replacing the run" in said
+
+        kernel_json(client, "VAL_FRACTION = 0.5\nprint('{}')")
+        start = next(i for i, c in code_cells if "synthetic = SYNTHETIC_IF_EMPTY" in c.source)
+        stop = next(i for i, c in code_cells if "plot_history(run.history" in c.source)
+        for index, cell in code_cells:
+            if start <= index <= stop:
+                client.execute_cell(cell, index)
+        assert not errors(notebook)
+        split_cell = next(c for _, c in code_cells if "split.split_dataset(" in c.source)
+        assert "replacing the split" in "".join(o.get("text", "") for o in split_cell.outputs)
+        assert kernel_json(client, "print(json.dumps(run.metrics['n_images']))") == 60
+
+    # the files stay the durable record, in step with the live objects
+    run = out / "run"
+    assert json.loads((run / "metrics_val.json").read_text())["n_images"] == 60
+    assert json.loads((run / MARKER).read_text())["what"] == "run"
+    assert json.loads((project / "data" / "synthetic" / "split" / "split.json").read_text())
+    assert not any((project / "dataset_raw").iterdir())  # never written into
+    # the exercises ran: a phase-2 folder per run of its cell, the 10 % curve was drawn
+    assert len(list(out.glob("run-exercise-layer4*"))) == 2
+    exercise = next(c for _, c in code_cells if "10 % of the training data" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in exercise.outputs)
+
+
+@pytest.mark.slow
+def test_headless_notebook_end_to_end(tmp_path):
+    project = tmp_path / "project"
+    (project / "dataset_raw").mkdir(parents=True)
+    out = project / "outputs" / "nb"
+    execute_notebook(NOTEBOOK, out, TINY, timeout=600, cwd=project)
 
     executed = nbformat.read(out / "deepfake_detector.executed.ipynb", as_version=4)
+    assert not errors(executed)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
     text = json.dumps([o.get("data", {}).get("text/markdown", "") for o in outputs])
     assert "SYNTHETIC DATA" in text and "RANDOM INIT" in text  # said in large letters
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 8  # figures shown inline
+    # the widgets' first state is there, and their state is stored for viewers
+    widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widget_views) == 3
+    assert executed.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    # progress: one line per bar, no widget bars and no redraws in the executed copy
+    training = next(c for c in executed.cells if "training.train(config" in c.source)
+    progress = "".join(o.get("text", "") for o in training.outputs if o.get("name") == "stderr")
+    assert "\r" not in progress and progress.count("epochs: ") == 1
+    assert len(training.outputs) <= 12
 
     run = out / "run"
     metrics = json.loads((run / "metrics_val.json").read_text())
@@ -63,5 +222,5 @@ def test_demo_data_is_learnable_with_random_init(tmp_path):
     run = train(TrainConfig(data_dir=str(tmp_path / "split"), out_dir=str(tmp_path / "run"),
                             weights="none", img_size=DEMO_IMAGE_SIZE, lr=3e-3, epochs=200,
                             cache_dir=""), log_to_console=False)
-    metrics = json.loads((run / "metrics_val.json").read_text())
-    assert metrics["accuracy"] >= 0.9 and metrics["roc_auc"] >= 0.95, metrics["accuracy"]
+    assert run.metrics["accuracy"] >= 0.9 and run.metrics["roc_auc"] >= 0.95, run.metrics["accuracy"]
+    assert json.loads((run / "metrics_val.json").read_text())["accuracy"] == run.metrics["accuracy"]
