@@ -6,15 +6,18 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lab install benchmark clean-venv
 
-$(BIN)/.installed: requirements.txt pyproject.toml
+# pyproject.toml declares the dependencies (with ranges) and the extras; constraints.txt pins the
+# exact versions this project is tested with.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint constraints.txt
+
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	$(PIP_INSTALL) --editable ".[notebook]"
 	touch $@
 
-$(BIN)/.installed-test: $(BIN)/.installed requirements-test.txt
-	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(PIP_INSTALL) --editable ".[test]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -25,13 +28,14 @@ install: $(BIN)/.installed
 # milliseconds, so early stopping, not the budget, ends training.
 demo: $(BIN)/.installed
 	$(BIN)/python -m deepfake_detector notebook --parameter WEIGHTS '"imagenet-or-none"' \
-		--parameter LR 3e-3 --parameter EPOCHS 200
+		--parameter LR 3e-3 --parameter EPOCHS 200 --parameter EXERCISES False
 
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -ra
 
+# JupyterLab with ipywidgets: the threshold slider, image browser and upload box work live.
 lab: $(BIN)/.installed
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/deepfake_detector.ipynb
 
 benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_speed.py

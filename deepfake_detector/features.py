@@ -101,13 +101,15 @@ def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGEN
     torch.manual_seed(seed)  # the augmentation draws from the global generator in each worker
     loader = make_loader(items, uint8_transform(img_size, augmentation), batch_size,
                          generator=generator, num_workers=num_workers, device=device)
-    features = torch.empty(len(items), model.fc.in_features)
+    features = None  # sized by the backbone's output, whatever head sits on top (a notebook's own)
     with inference_pass(model, device):
         batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device)))
                    for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False))
         for indices, output in lagged(batches):
+            if features is None:
+                features = torch.empty(len(items), output.shape[1])
             features[indices] = output.float().cpu()
-    return features
+    return features if features is not None else torch.empty(0, 512)
 
 
 def files_digest(items) -> str:

@@ -109,7 +109,11 @@ def errors(notebook) -> list[str]:
 def kernel_json(client, code: str):
     """Run `code` in the live kernel; what it prints last is read back as JSON."""
     cell = nbformat.v4.new_code_cell(code)
-    client.execute_cell(cell, len(client.nb.cells))
+    client.nb.cells.append(cell)  # a scratch cell, taken out again: the notebook stays as it was
+    try:
+        client.execute_cell(cell, len(client.nb.cells) - 1)
+    finally:
+        client.nb.cells.pop()
     text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream"
                    and o.name == "stdout")
     assert not [o for o in cell.outputs if o.output_type == "error"], cell.outputs

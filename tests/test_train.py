@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,41 @@ def test_a_run_is_never_silently_overwritten(trained_run, split_data, tmp_path):
     with pytest.raises(RunExistsError, match="not a run directory"):
         train(config, log_to_console=False)
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_train_returns_live_objects_that_are_also_the_run_directory(trained_run):
+    import os
+    from deepfake_detector.evaluate import read_predictions
+    from deepfake_detector.train import TrainedRun
+    run = trained_run
+    assert isinstance(run, TrainedRun) and isinstance(run, os.PathLike)
+    assert Path(run) == run.run_dir and os.fspath(run) == str(run.run_dir) == str(run)
+    assert (run / "history.json").is_file() and json.loads((run / "history.json").read_text()) \
+        == json.loads(json.dumps(run.history))
+    assert run.metrics["accuracy"] == json.loads((run / "metrics_val.json").read_text())["accuracy"]
+    assert json.loads((run / "config.json").read_text())["best_epoch"] == run.best_epoch
+    rows = read_predictions(run / "predictions_val.csv")
+    assert [row["path"] for row in rows] == [str(p) for p in run.val_paths]
+    np.testing.assert_allclose([row["prediction"] for row in rows], run.val_probabilities, atol=1e-6)
+    assert list(run.val_labels) == [row["label"] for row in rows]
+    # the live model is the trained one, on its device, in eval mode, equal to the checkpoint
+    assert not run.model.training and next(run.model.parameters()).device.type == run.device.type
+    model, _ = load_run(run, device="cpu")
+    for (name, a), b in zip(run.model.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(a.cpu(), b, msg=name)
+    assert run.val_threshold == run.metrics["val_threshold"]
+
+
+def test_a_notebook_head_trains_and_its_run_refuses_to_load_with_a_clear_message(split_data, tmp_path):
+    from torch import nn
+    from deepfake_detector.model import build_model
+    model, record = build_model("none", seed=0)
+    model.fc = nn.Sequential(nn.Linear(512, 8), nn.ReLU(), nn.Linear(8, 1))
+    with pytest.raises(ValueError, match="weights_record"):
+        train(TrainConfig(data_dir=str(split_data), out_dir=str(tmp_path / "x")), model=model)
+    run = train(TrainConfig(data_dir=str(split_data), out_dir=str(tmp_path / "run"), weights="none",
+                            img_size=32, epochs=5, cache_dir="", num_workers=0),
+                log_to_console=False, model=model, weights_record=record)
+    assert run.model is model and run.model.fc[0].out_features == 8
+    with pytest.raises(ValueError, match="non-standard head .*Sequential"):
+        load_run(run)

@@ -1,0 +1,64 @@
+"""Installs like a Python package: declared dependencies and extras, a free distribution name, a
+--version, and an import that leaves matplotlib's backend and global style alone."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+
+from deepfake_detector import __version__
+from deepfake_detector.notebook import PROJECT_ROOT
+
+
+def test_pyproject_declares_ranges_extras_and_its_own_name():
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "resnet18-deepfake-gradcam"  # "deepfake-detector" on PyPI is another project
+    dependencies = {d.split(">")[0].split("=")[0]: d for d in project["dependencies"]}
+    assert dependencies["torch"].startswith("torch>=") and dependencies["torchvision"].startswith("torchvision>=")
+    assert not [d for d in project["dependencies"] if "==" in d]  # pins live in constraints.txt
+    extras = project["optional-dependencies"]
+    assert {"jupyterlab", "ipykernel", "ipywidgets", "nbclient"} <= {d.split(">")[0] for d in extras["notebook"]}
+    assert any(d.startswith("pytest") for d in extras["test"])
+    assert project["scripts"]["deepfake-detector"] == "deepfake_detector.cli:main"
+    pins = (PROJECT_ROOT / "constraints.txt").read_text()
+    assert "torch==" in pins and "torchvision==" in pins
+
+
+def test_version_from_the_command_line():
+    result = subprocess.run([sys.executable, "-m", "deepfake_detector", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith(__version__)
+
+
+def test_importing_the_package_leaves_matplotlib_alone():
+    code = """
+import matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+plt.rcParams["font.size"] = 17
+before = dict(plt.rcParams)
+import deepfake_detector, deepfake_detector.figures, deepfake_detector.evaluate, deepfake_detector.gradcam
+import deepfake_detector.train, deepfake_detector.widgets, deepfake_detector.robustness, deepfake_detector.audit
+from deepfake_detector.evaluate import plot_confusion_matrix
+fig = plot_confusion_matrix([0, 1, 1], [0.2, 0.7, 0.4])
+assert fig.axes[0].title.get_fontsize() == 11, fig.axes[0].title.get_fontsize()  # the paper style, per figure
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+changed = {k for k, v in plt.rcParams.items() if before.get(k) != v}
+assert not changed, changed
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_command_line_saves_figures_headless(raw_dataset, tmp_path):
+    """No display, no backend chosen by anyone: the CLI picks Agg itself and writes its figures."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY")}
+    code = ("import sys, matplotlib; from deepfake_detector.cli import main; "
+            f"code = main(['audit', '--data', {str(raw_dataset)!r}, '--out', {str(tmp_path / 'audit')!r}]); "
+            "print(code, matplotlib.get_backend())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.strip().splitlines()[-1].lower() == "0 agg", result.stderr
+    figures = list((tmp_path / "audit").rglob("*.png"))
+    assert figures and all(f.with_suffix(".pdf").is_file() for f in figures)
