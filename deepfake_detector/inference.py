@@ -7,6 +7,7 @@ whether the folder holds a hundred images or a million.
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -16,8 +17,37 @@ from tqdm.auto import tqdm
 
 from .data import make_loader, normalize_batch, uint8_transform
 from .features import inference_pass, lagged
+from .manifest import recording
 from .model import build_model, pick_device
 from .split import check_image, find_images, list_labelled_folder, list_split
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is damaged, foreign or unsafe; the message says what to do."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict of this project's checkpoint.pt, loaded with weights_only=True (tensors
+    and plain values only: a pickle that would run code is refused, never executed), or a
+    CheckpointError in one line."""
+    path = Path(path)
+    what_to_do = ("Train the run again, or pass the run directory that holds a checkpoint.pt "
+                  "written by `python -m deepfake_detector train`.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain values, "
+                              f"so it is not loaded (loading could run code). {what_to_do}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is damaged or not a PyTorch checkpoint (truncated or "
+                              f"overwritten: {type(error).__name__}). {what_to_do}") from None
+    needed = ("model_state", "img_size", "mean", "std")
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in needed):
+        keys = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a checkpoint of this project (it lacks "
+                              f"{', '.join(k for k in needed if not isinstance(checkpoint, dict) or k not in checkpoint)}; "
+                              f"found {keys}). {what_to_do}")
+    return checkpoint
 
 
 def load_run(run_dir: str | Path, device: str = "auto"):
@@ -26,9 +56,15 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint.pt in {run_dir}: is it a run directory made by "
                                 "`python -m deepfake_detector train`?")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     model, _ = build_model("none", seed=None)  # the architecture only; the weights come next
-    model.load_state_dict(checkpoint.pop("model_state"))
+    try:
+        model.load_state_dict(checkpoint.pop("model_state"))
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path} does not hold this project's single-logit ResNet-18 "
+                              f"({first}). Train the run again, or pass the run directory that "
+                              "holds the right checkpoint.pt.") from None
     return model.to(pick_device(device)).eval(), checkpoint
 
 
@@ -177,8 +213,7 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
                  log=print) -> dict:
     """Metrics, figures and predictions of a run on data_dir/split (or on a plain folder holding
     real/ and fake/, for a cross-dataset test). Written to run_dir/eval/<name>/ unless out_dir."""
-    from .evaluate import (compute_metrics, metrics_table_rows, save_evaluation_figures,
-                           write_predictions, write_report, write_table)
+    from .evaluate import compute_metrics
     from .figures import plt
     from .split import split_groups
     model, checkpoint = load_run(run_dir, device)
@@ -187,10 +222,17 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     is_split = (data_dir / "split.csv").is_file() or (data_dir / split).is_dir()
     items = list_split(data_dir, split) if is_split else list_labelled_folder(data_dir)
     split = split if is_split else "all"
+    probabilities, failures = stream_probabilities(
+        model, items, checkpoint["img_size"], checkpoint["mean"], checkpoint["std"], batch_size,
+        num_workers, desc=f"evaluate {split}", skip_unreadable=True)
+    if failures:  # listed in one warning, left out of the metrics; fail only when none is left
+        warn_skipped([(items[i][0], why) for i, why in failures])
+        readable = np.isfinite(probabilities)
+        items = [item for item, ok in zip(items, readable) if ok]
+        probabilities = probabilities[readable]
+        if not items:
+            raise ValueError(f"No readable images in {data_dir} ({split}).")
     labels = np.array([y for _, y in items])
-    probabilities = predict_probabilities(model, items, checkpoint["img_size"], checkpoint["mean"],
-                                          checkpoint["std"], batch_size, num_workers,
-                                          desc=f"evaluate {split}")
     metrics = compute_metrics(labels, probabilities, threshold=checkpoint.get("threshold", 0.5),
                               val_threshold=checkpoint.get("val_threshold"),
                               groups=split_groups(data_dir, items), n_bootstrap=n_bootstrap)
@@ -198,6 +240,19 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
                     "weights": checkpoint["weights"]})
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "eval" / f"{data_dir.name}-{split}"
+    # Into the run's manifest (and that of another run, if out is in one): what this wrote.
+    with recording(run_dir), recording(out):
+        write_evaluation(run_dir, data_dir, out, out_dir, split, items, labels, probabilities,
+                         metrics)
+    plt.close("all")
+    log(f"metrics, predictions and figures written to {out}")
+    return metrics
+
+
+def write_evaluation(run_dir: Path, data_dir: Path, out: Path, out_dir, split: str, items,
+                     labels, probabilities, metrics: dict) -> None:
+    from .evaluate import (metrics_table_rows, save_evaluation_figures, write_predictions,
+                           write_report, write_table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_predictions(({"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
@@ -212,6 +267,3 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
         write_table(metrics_table_rows(metrics), run_dir / "tables" / "metrics_test",
                     caption="Test metrics with 95% bootstrap confidence intervals")
         write_report(run_dir)
-    plt.close("all")
-    log(f"metrics, predictions and figures written to {out}")
-    return metrics
