@@ -1,0 +1,76 @@
+"""Grad-CAM of one huge image: time and peak memory, with the overlay cap and without it.
+
+    python benchmarks/gradcam_big_image.py --size 10000
+
+Writes a SIZE x SIZE PNG (smooth colours, a few hundred KB, like a large scan or render), then
+explains it twice, each in a fresh process so that each peak is its own: with the overlay capped
+at 4,096 px on the long side (the default, `gradcam.OVERLAY_MAX_SIDE`), and uncapped (the
+overlay at full resolution, float work included, which is what the package did before issue 13).
+Prints seconds and peak resident memory (ru_maxrss of that process: Python, torch and the
+model included) side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_image(path: Path, size: int) -> None:
+    import numpy as np
+    from PIL import Image
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    rows = []
+    for start in range(0, size, 1000):  # a band at a time: the writer's own memory stays small
+        y = ramp[start:start + 1000, None]
+        rows.append(np.dstack([np.broadcast_to(ramp[None, :], (len(y), size)),
+                               np.broadcast_to(y, (len(y), size)),
+                               np.full((len(y), size), 128, np.float32)]).astype(np.uint8))
+    Image.fromarray(np.concatenate(rows)).save(path, optimize=False, compress_level=9)
+
+
+def child(image: Path, out: Path, max_side: int) -> None:
+    import torch
+    from deepfake_detector.gradcam import explain_images
+    from deepfake_detector.model import build_model
+    torch.set_num_threads(2)
+    model = build_model("none", seed=0)[0]
+    start = time.perf_counter()
+    explain_images(model, [image], out, img_size=224, max_side=max_side)
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib}))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=10000)
+    parser.add_argument("--child", nargs=3, metavar=("IMAGE", "OUT", "MAX_SIDE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))
+        return {}
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        image = Path(folder) / "huge.png"
+        make_image(image, args.size)
+        print(f"{args.size} x {args.size} PNG, {image.stat().st_size / 1e3:,.0f} kB")
+        for name, max_side in (("capped at 4096 px", 4096), ("uncapped (before)", 10**9)):
+            done = subprocess.run([sys.executable, __file__, "--child", str(image),
+                                   str(Path(folder) / name.split()[0]), str(max_side)],
+                                  capture_output=True, text=True, check=True)
+            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{'overlay':<20}{'seconds':>10}{'peak RSS (MiB)':>17}")
+    for name, figures in results.items():
+        print(f"{name:<20}{figures['seconds']:>10.1f}{figures['peak_rss_mib']:>17,.0f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
