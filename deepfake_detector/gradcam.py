@@ -366,8 +366,10 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
         return summary
 
     with recording(out_dir):
+        committed = (n_done, len(skipped), len(rows))  # what a re-run may take as done
         try:
             while n_done < len(paths):
+                committed = (n_done, len(skipped), len(rows))
                 batch, displays, tensors = [], [], []
                 while n_done < len(paths) and len(batch) < batch_size:
                     i, n_done = n_done, n_done + 1
@@ -403,7 +405,10 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                     raw_cams.append(result.raw_cams[k])
                     add_to_sheet(best, row, result.raw_cams[k], sheet_paths, per_outcome)
         except BaseException:
-            save_state(complete=False)  # what is on disk, described; the same call carries on
+            # Whole batches only: a re-run of the same call carries on after the last one.
+            n_done, skipped, rows[:], raw_cams[:] = (committed[0], skipped[:committed[1]],
+                                                     rows[:committed[2]], raw_cams[:committed[2]])
+            save_state(complete=False)
             raise
         if skipped:
             warnings.warn(f"{len(skipped)} of {len(paths)} image(s) could not be read and were "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import struct
 import warnings
@@ -104,8 +105,12 @@ def _decode(f, verify: bool) -> tuple[Image.Image, dict]:
                 return to_rgb(ImageOps.exif_transpose(image)), facts
     except ImageLoadError:
         raise
-    except Image.DecompressionBombError as error:  # a lower global limit set by someone else
-        raise ImageLoadError(f"too large to decode safely ({error})") from error
+    except Image.DecompressionBombError as error:  # PIL's own check came first: same message
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else MAX_IMAGE_PIXELS
+        raise ImageLoadError(f"{pixels}, {LIMIT_ADVICE.format(limit=min(limit, MAX_IMAGE_PIXELS))}") \
+            from None
     except Image.UnidentifiedImageError as error:
         raise ImageLoadError("not an image (PIL cannot identify its format)") from error
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError, KeyError,
@@ -115,12 +120,14 @@ def _decode(f, verify: bool) -> tuple[Image.Image, dict]:
         ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
 
 
+LIMIT_ADVICE = ("above the limit of {limit:,} (PIL's decompression-bomb limit): not decoded; "
+                "downscale it first, e.g. to 4,096 px on the long side")
+
+
 def check_pixels(width: int, height: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageLoadError(
-            f"{width} x {height} = {width * height:,} pixels, above the limit of "
-            f"{MAX_IMAGE_PIXELS:,} (PIL's decompression-bomb limit); downscale it first, e.g. to "
-            "4,096 px on the long side")
+        raise ImageLoadError(f"{width * height:,} pixels ({width} x {height}), "
+                             + LIMIT_ADVICE.format(limit=MAX_IMAGE_PIXELS))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
