@@ -367,6 +367,7 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
 
     with recording(out_dir):
         committed = (n_done, len(skipped), len(rows))  # what a re-run may take as done
+        several_frames = []
         try:
             while n_done < len(paths):
                 committed = (n_done, len(skipped), len(rows))
@@ -374,7 +375,9 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                 while n_done < len(paths) and len(batch) < batch_size:
                     i, n_done = n_done, n_done + 1
                     try:
-                        image = decode_image(paths[i])[0]
+                        image, facts = decode_image(paths[i])
+                        if facts["frames"] > 1:
+                            several_frames.append(f"{paths[i]}: {facts['frames']} frames")
                     except ImageLoadError as error:
                         skipped.append((str(paths[i]), str(error)))
                         continue
@@ -410,6 +413,10 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                                                      rows[:committed[2]], raw_cams[:committed[2]])
             save_state(complete=False)
             raise
+        if several_frames:
+            warnings.warn(f"{len(several_frames)} file(s) hold several frames (animation or "
+                          "pages); only the first frame of each was explained:\n"
+                          + "\n".join(f"  {note}" for note in several_frames), stacklevel=2)
         if skipped:
             warnings.warn(f"{len(skipped)} of {len(paths)} image(s) could not be read and were "
                           "skipped:\n" + "\n".join(f"  {p}: {why}" for p, why in skipped),
