@@ -97,12 +97,16 @@ def _decode(f, verify: bool) -> tuple[Image.Image, dict]:
                     check_pixels(image.width, image.height)
                     image.verify()
                 f.seek(start)
-            with Image.open(f) as image:
-                check_pixels(image.width, image.height)
-                facts = {"format": image.format, "width": image.width, "height": image.height,
-                         "mode": image.mode, "frames": getattr(image, "n_frames", 1)}
-                image.seek(0)
-                return to_rgb(ImageOps.exif_transpose(image)), facts
+            # Not `with Image.open`: closing would free the pixels, and a copy of a huge image
+            # would double the memory. The file itself is closed by the caller.
+            image = Image.open(f)
+            check_pixels(image.width, image.height)
+            facts = {"format": image.format, "width": image.width, "height": image.height,
+                     "mode": image.mode, "frames": getattr(image, "n_frames", 1)}
+            image.seek(0)
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # phone photos: rotation from EXIF
+            return to_rgb(image), facts
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:  # PIL's own check came first: same message

@@ -118,12 +118,13 @@ def predict_probabilities(model, items, img_size: int, mean, std, batch_size: in
 
 
 def list_images(paths) -> list[Path]:
-    """Expand folders to their images (sorted); files stay as given."""
+    """Expand folders to their images (sorted); files stay as given. A special file named
+    here (a FIFO, a device) stays too: it is skipped, with its reason, without being read."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
             files += find_images(path)
-        elif path.is_file():
+        elif path.exists() or path.is_symlink():
             files.append(path)
         else:
             raise FileNotFoundError(f"{path} does not exist.")

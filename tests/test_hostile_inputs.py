@@ -166,6 +166,11 @@ def test_split_audit_predict_skip_fifos_and_devices(tmp_path, trained_run):
         rows = predict_paths(trained_run, [raw / "real"], num_workers=0)
     assert len(rows) == 6
     assert all(name in str(caught[0].message) for name in names)
+    # Named on the command line: the same reason, one line, no hang.
+    named = [str(raw / "real" / name) for name in names]
+    with pytest.raises(ValueError, match="No readable images"), \
+            pytest.warns(UserWarning, match="not a regular file"):
+        predict_paths(trained_run, named, num_workers=0)
 
 
 # --- 3. Grad-CAM of big images: downscaled before any float work --------------------------------
