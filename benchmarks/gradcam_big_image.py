@@ -1,18 +1,24 @@
 """Grad-CAM of one huge image: time and peak memory, with the overlay cap and without it.
 
-    python benchmarks/gradcam_big_image.py --size 10000
+    python benchmarks/gradcam_big_image.py --size 10000 [--capped-only]
 
 Writes a SIZE x SIZE PNG (smooth colours, a few hundred KB, like a large scan or render), then
-explains it twice, each in a fresh process so that each peak is its own: with the overlay capped
-at 4,096 px on the long side (the default, `gradcam.OVERLAY_MAX_SIDE`), and uncapped (the
-overlay at full resolution, float work included, which is what the package did before issue 13).
-Prints seconds and peak resident memory (ru_maxrss of that process: Python, torch and the
-model included) side by side.
+explains it in fresh processes, so that each peak is its own: with the overlay capped at 4,096 px
+on the long side (the default, `gradcam.OVERLAY_MAX_SIDE`); uncapped (the overlay at full
+resolution); and, with --before, an older checkout of the package (what it did before issue 13:
+full-resolution float overlays):
+
+    git archive 74f32fd | tar -x -C /tmp/before      # the commit before issue 13
+    python benchmarks/gradcam_big_image.py --size 10000 --before /tmp/before
+
+Prints seconds and peak resident memory (VmHWM of that process: Python, torch and the model
+included) side by side.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -41,10 +47,25 @@ def child(image: Path, out: Path, max_side: int) -> None:
     torch.set_num_threads(2)
     model = build_model("none", seed=0)[0]
     start = time.perf_counter()
-    explain_images(model, [image], out, img_size=224, max_side=max_side)
+    if max_side:
+        explain_images(model, [image], out, img_size=224, max_side=max_side)
+    else:  # a checkout from before the cap (--before): its own signature
+        explain_images(model, [image], out, img_size=224)
     seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_mib}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib()}))
+
+
+def peak_rss_mib() -> float:
+    """VmHWM, this process's own peak resident memory. Not ru_maxrss: Linux carries that over from
+    the parent across fork and exec, and the parent held the generated image."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def main(argv=None) -> dict:
@@ -52,6 +73,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--capped-only", action="store_true",
                         help="skip the uncapped run (it needs ~9 GB for a 10000 px square)")
+    parser.add_argument("--before", default=None, metavar="CHECKOUT",
+                        help="also run an older checkout of the package (e.g. a `git archive` of "
+                             "the commit before issue 13), in its own process")
     parser.add_argument("--child", nargs=3, metavar=("IMAGE", "OUT", "MAX_SIDE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -63,11 +87,17 @@ def main(argv=None) -> dict:
         image = Path(folder) / "huge.png"
         make_image(image, args.size)
         print(f"{args.size} x {args.size} PNG, {image.stat().st_size / 1e3:,.0f} kB")
-        runs = (("capped at 4096 px", 4096), ("uncapped (before)", 10**9))
-        for name, max_side in runs[:1] if args.capped_only else runs:
+        here = str(Path(__file__).resolve().parents[1])
+        runs = [("capped at 4096 px", 4096, here)]
+        if not args.capped_only:
+            runs.append(("uncapped", 10**9, here))
+        if args.before:
+            runs.append(("before issue 13", 0, str(Path(args.before).resolve())))
+        for k, (name, max_side, package) in enumerate(runs):
+            environment = {**os.environ, "PYTHONPATH": package}
             done = subprocess.run([sys.executable, __file__, "--child", str(image),
-                                   str(Path(folder) / name.split()[0]), str(max_side)],
-                                  capture_output=True, text=True, check=True)
+                                   str(Path(folder) / f"out{k}"), str(max_side)],
+                                  capture_output=True, text=True, check=True, env=environment)
             results[name] = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{'overlay':<20}{'seconds':>10}{'peak RSS (MiB)':>17}")
     for name, figures in results.items():

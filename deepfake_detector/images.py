@@ -78,6 +78,8 @@ def decode_image(source, verify: bool = True) -> tuple[Image.Image, dict]:
         problem = regular_file_problem(source)
         if problem:
             raise ImageLoadError(problem)
+        if os.path.getsize(source) == 0:
+            raise ImageLoadError("empty file (0 bytes)")
         with open(source, "rb") as f:  # not read whole: PIL reads what the decode needs
             return _decode(f, verify)
     return _decode(source, verify)
