@@ -141,14 +141,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     over white)."""
     mode = image.mode
     if mode in SIXTEEN_BIT_MODES or mode == "I":
-        values = np.asarray(image, dtype=np.float64)
-        grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        grey = ((2 * values + 257) // 514).astype(np.uint8)  # value / 257, rounded half up
         return Image.fromarray(grey, "L").convert("RGB")
     if mode == "F":
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32))
         if values.size and values.max() <= 1.0:
-            values = values * 255.0
-        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L").convert("RGB")
+            values *= 255
+        np.rint(values, out=values)
+        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L").convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
