@@ -39,6 +39,7 @@ from . import CLASS_NAMES, CLASS_TO_IDX
 from .evaluate import FAKE_COLOUR, REAL_COLOUR, markdown_table, write_table
 from .figures import plt, save_figure
 from .images import regular_file_problem
+from .manifest import recording
 from .split import SPLITS, inspect_image, list_labelled_folder, read_manifest
 
 # When a difference becomes a flag.
@@ -333,7 +334,8 @@ def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
         out_dir = data_dir / "audit" if source == "manifest" else \
             Path("outputs") / "audit" / data_dir.resolve().name
     out = Path(out_dir)
-    write_audit(findings, records, out)
+    with recording(out):  # into a run's manifest when written into a run (train's audit/)
+        write_audit(findings, records, out)
     findings["out_dir"] = str(out)
     if flags:
         warnings.warn(f"Data audit of {data_dir} found {len(flags)} possible shortcut(s) or "

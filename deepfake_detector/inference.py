@@ -194,7 +194,8 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
     rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers))
     if out_file:
         from .evaluate import write_predictions
-        write_predictions(rows, out_file)
+        with recording(Path(out_file).parent):  # into a run's manifest, if it is in one
+            write_predictions(rows, out_file)
     return rows
 
 
@@ -204,7 +205,7 @@ def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str 
     come; memory stays flat however many images there are. Returns the number of rows written."""
     from .evaluate import atomic_text_file, write_prediction_rows
     out_file = Path(out_file)
-    with atomic_text_file(out_file) as f:
+    with recording(out_file.parent), atomic_text_file(out_file) as f:  # recorded if in a run
         return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device, num_workers),
                                      f, out_file.suffix)
 

@@ -113,9 +113,23 @@ def test_overwrite_replaces_what_the_project_wrote_and_refuses_anything_else(
 
     (run / "gradcam" / "my notes.txt").unlink()
     (run / "report.md").unlink()
-    train(quick_config(split_data, run, overwrite=True), log_to_console=False)
-    assert not (run / "gradcam").exists() and not (run / "notebook").exists()
-    assert read_manifest(run)["complete"] is True
+    (run / ".DS_Store").write_bytes(b"clutter")  # an OS's clutter is not worth a refusal
+    fresh = prepare_run_dir(str(run), overwrite=True)  # what train --overwrite does first
+    assert fresh == run and [p.name for p in run.rglob("*")] == [RUN_MANIFEST]
+    assert read_manifest(run) == {**read_manifest(run), "complete": False, "files": {}}
+
+
+def test_recording_claims_only_what_changed_inside_the_block(tmp_path):
+    from deepfake_detector.manifest import foreign_files, recording
+    run = prepare_run_dir(str(tmp_path / "run"), overwrite=False)
+    (run / "before.txt").write_text("the user's")
+    with recording(run / "figures"):
+        (run / "figures").mkdir()
+        (run / "figures" / "plot.png").write_bytes(b"ours")
+    assert set(read_manifest(run)["files"]) == {"figures/plot.png"}
+    assert foreign_files(run) == ["before.txt"]
+    with recording(tmp_path / "elsewhere"):  # outside any run: nothing to record, no error
+        (tmp_path / "elsewhere").mkdir()
 
 
 def test_prepare_run_dir_refuses_a_symlink_inside_a_run(tmp_path):
@@ -398,8 +412,21 @@ def test_an_interrupted_train_is_replaced_by_its_retry(split_data, tmp_path, mon
             train(quick_config(split_data, out), log_to_console=False)
     assert read_manifest(out)["complete"] is False and (out / "audit").is_dir()
     assert "train.log" in read_manifest(out)["files"]
-    run = train(quick_config(split_data, out), log_to_console=False)  # no --overwrite needed
-    assert read_manifest(run)["complete"] is True and (run / "checkpoint.pt").is_file()
+    with pytest.raises(RunExistsError, match="--overwrite"):  # a complete run is another matter
+        prepare_run_dir(str(trained_run_copy(tmp_path)), overwrite=False)
+    # The retry (train calls prepare_run_dir first) replaces the unfinished run without --overwrite.
+    assert prepare_run_dir(str(out), overwrite=False) == out
+    assert [p.name for p in out.rglob("*")] == [RUN_MANIFEST]
+
+
+def trained_run_copy(tmp_path: Path) -> Path:
+    """A complete run, as far as prepare_run_dir can tell."""
+    run = prepare_run_dir(str(tmp_path / "complete"), overwrite=False)
+    (run / "checkpoint.pt").write_bytes(b"weights")
+    record_written(run, [run / "checkpoint.pt"])
+    from deepfake_detector.manifest import mark_complete
+    mark_complete(run)
+    return run
 
 
 def test_gradcam_max_images_must_be_positive(tmp_path):
@@ -470,12 +497,14 @@ def test_train_on_a_hand_made_split_skips_and_lists_bad_files(split_data, tmp_pa
         shutil.copytree(split_data / split, data / split)
     (data / "train" / "real" / "broken.png").write_bytes(b"junk")
     (data / "val" / "fake" / "empty.png").write_bytes(b"")
-    with pytest.warns(SplitWarning) as caught:
-        run = train(quick_config(data, tmp_path / "run"), log_to_console=False)
+    from deepfake_detector.train import usable_split
+    with pytest.warns(SplitWarning) as caught:  # what train() reads its items with
+        train_items, val_items = usable_split(data, "train"), usable_split(data, "val")
     messages = "\n".join(str(w.message) for w in caught)
-    assert "broken.png" in messages and "empty.png" in messages
-    counts = json.loads((run / "data_counts.json").read_text())
-    assert counts["train"]["real"] == 32 and counts["val"]["fake"] == 8
+    assert "train/real/broken.png: not an image" in messages
+    assert "val/fake/empty.png: empty file" in messages
+    assert len(train_items) == 64 and len(val_items) == 16
+    assert usable_split(split_data, "train") == usable_split(split_data, "train")  # split.csv: as is
 
 
 def test_an_interrupted_gradcam_leaves_a_consistent_index_and_carries_on(tmp_path, monkeypatch):
