@@ -173,3 +173,32 @@ def describe(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(Path(source))
     return getattr(source, "name", None) or "(uploaded bytes)"
+
+
+# Formats that can hold several frames; JPEG, BMP and the rest are never looked at twice.
+MULTI_FRAME_SUFFIXES = (".gif", ".png", ".apng", ".webp", ".tif", ".tiff")
+
+
+def frame_count(path: str | os.PathLike) -> int:
+    """How many frames (or pages) a file holds, from its header where the format allows; 1 for
+    single-frame formats and for anything that cannot be read (its decode reports that)."""
+    if not str(path).lower().endswith(MULTI_FRAME_SUFFIXES) or regular_file_problem(path):
+        return 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                return int(getattr(image, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - a note only: the decode gives the real reason
+        return 1
+
+
+def warn_multi_frame(paths, stacklevel: int = 3) -> None:
+    """One warning listing the files whose first frame alone is used (and how many they hold)."""
+    notes = [f"{path}: {n} frames" for path in paths if (n := frame_count(path)) > 1]
+    if notes:
+        warnings.warn(f"{len(notes)} file(s) hold several frames (animation or pages); only the "
+                      "first frame of each is used:\n" + "\n".join(f"  {n}" for n in notes[:20])
+                      + (f"\n  ... and {len(notes) - 20} more" if len(notes) > 20 else ""),
+                      stacklevel=stacklevel)
+

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .data import make_loader, normalize_batch, uint8_transform
 from .features import inference_pass, lagged
+from .images import warn_multi_frame
 from .manifest import recording
 from .model import build_model, pick_device
 from .split import check_image, find_images, list_labelled_folder, list_split
@@ -183,6 +184,7 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
             yield {"image_id": ids[i], "prediction": p,
                    "predicted_label": "fake" if p >= threshold else "real", "path": str(files[i])}
     warn_skipped([(files[i], why) for i, why in sorted(failures)])
+    warn_multi_frame(files)
     if not n_predicted:
         raise ValueError(f"No readable images in {', '.join(map(str, paths))}.")
 
@@ -234,6 +236,7 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
         probabilities = probabilities[readable]
         if not items:
             raise ValueError(f"No readable images in {data_dir} ({split}).")
+    warn_multi_frame([path for path, _ in items])
     labels = np.array([y for _, y in items])
     metrics = compute_metrics(labels, probabilities, threshold=checkpoint.get("threshold", 0.5),
                               val_threshold=checkpoint.get("val_threshold"),

@@ -813,10 +813,16 @@ def list_split(data_dir: str | os.PathLike, split: str) -> list[tuple[Path, int]
 def drop_unreadable(items: list[tuple[Path, int]], where) -> list[tuple[Path, int]]:
     """The items whose files decode; the others are listed in one SplitWarning (how many, which,
     why). For folders split_dataset never checked (hand-made splits, other data sets)."""
-    good, skipped = [], []
+    good, skipped, several_frames = [], [], []
     for path, label in items:
-        reason = check_image(path)
+        facts, reason = inspect_image(Path(path))
         (skipped.append(f"{path}: {reason}") if reason else good.append((path, label)))
+        if facts and facts["frames"] > 1:
+            several_frames.append(f"{path}: {facts['frames']} frames")
+    if several_frames:
+        _warn([_list_message(f"{len(several_frames)} files in {where} hold several frames "
+                             "(animation or pages); only the first frame of each is used:",
+                             several_frames)], stacklevel=3)
     if skipped:
         _warn([_list_message(f"Left out {len(skipped)} of the {len(items)} files in {where} that "
                              "are not readable images:", skipped)], stacklevel=3)

@@ -346,6 +346,16 @@ def test_animated_gif_first_frame_everywhere_with_a_note(tmp_path):
     assert sum(summary.counts[s]["fake"] for s in summary.counts) == 4  # the GIF is in the split
 
 
+def test_predict_of_an_animated_gif_says_first_frame(tmp_path, trained_run):
+    from deepfake_detector.inference import predict_paths
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    png(tmp_path / "still.png", rgb_pixels(8, (16, 16)))
+    with pytest.warns(UserWarning, match=r"(?s)1 file\(s\) hold several frames.*anim.gif: 2 frames"):
+        rows = predict_paths(trained_run, [tmp_path], num_workers=0)
+    assert [row["image_id"] for row in rows] == ["anim.gif", "still.png"]  # listed like any image
+
+
 # --- 6. hard links to the resolved target --------------------------------------------------------
 
 
