@@ -38,6 +38,8 @@ from sklearn.tree import DecisionTreeClassifier
 from . import CLASS_NAMES, CLASS_TO_IDX
 from .evaluate import FAKE_COLOUR, REAL_COLOUR, markdown_table, write_table
 from .figures import paper_style, plt, save_figure
+from .images import regular_file_problem
+from .manifest import recording
 from .split import SPLITS, inspect_image, list_labelled_folder, read_manifest
 
 # When a difference becomes a flag.
@@ -89,6 +91,8 @@ def estimate_jpeg_quality(quantization: dict) -> int | None:
 
 def jpeg_quality_of(path) -> int | None:
     """Reads only the header: Image.open does not decode pixels."""
+    if regular_file_problem(path):
+        return None
     try:
         with Image.open(path) as image:
             return estimate_jpeg_quality(getattr(image, "quantization", None)) \
@@ -110,9 +114,15 @@ def image_records(data_dir) -> tuple[list[dict], str, list[dict]]:
         raise FileNotFoundError(f"Data folder {data_dir} does not exist.")
     if (data_dir / "split.csv").is_file():
         records = [{**row, "path": str(data_dir / row["path"])} for row in read_manifest(data_dir)]
+        missing = []
         for record in records:
-            record["jpeg_quality"] = jpeg_quality_of(record["path"]) if record["format"] == "JPEG" else None
-        return records, "manifest", []
+            problem = regular_file_problem(record["path"])
+            if problem:  # an interrupted split, or files deleted by hand: say so, loudly
+                missing.append({"path": record["path"], "reason": "listed in split.csv but " + (
+                    "missing" if not Path(record["path"]).exists() else problem), "missing": True})
+            record["jpeg_quality"] = jpeg_quality_of(record["path"]) \
+                if record["format"] == "JPEG" and not problem else None
+        return records, "manifest", missing
     splits = [s for s in SPLITS if (data_dir / s).is_dir()] or ["all"]
     records, unreadable = [], []
     for split in splits:
@@ -294,9 +304,16 @@ def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
             f"{separable['logistic_regression']:.2f}, best single property {best} "
             f"{separable['stumps'][best]:.2f})")
     flags += duplicate_flags(dups)
-    if unreadable:
-        flags.append(f"{len(unreadable)} file(s) could not be read, e.g. {unreadable[0]['path']}: "
-                     f"{unreadable[0]['reason']}")
+    missing = [u for u in unreadable if u.get("missing")]
+    if missing:
+        flags.append(f"{len(missing)} of the {len(records)} files listed in {data_dir / 'split.csv'} "
+                     f"are missing or not regular files, e.g. {missing[0]['path']}: the split was "
+                     "interrupted or files were deleted. Run split again with the same settings "
+                     "to restore them.")
+    unreadable_files = [u for u in unreadable if not u.get("missing")]
+    if unreadable_files:
+        flags.append(f"{len(unreadable_files)} file(s) could not be read, e.g. "
+                     f"{unreadable_files[0]['path']}: {unreadable_files[0]['reason']}")
 
     findings = {
         "data_dir": str(data_dir), "source": source, "n_images": len(records),
@@ -317,7 +334,8 @@ def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
         out_dir = data_dir / "audit" if source == "manifest" else \
             Path("outputs") / "audit" / data_dir.resolve().name
     out = Path(out_dir)
-    write_audit(findings, records, out)
+    with recording(out):  # into a run's manifest when written into a run (train's audit/)
+        write_audit(findings, records, out)
     findings["out_dir"] = str(out)
     if flags:
         warnings.warn(f"Data audit of {data_dir} found {len(flags)} possible shortcut(s) or "

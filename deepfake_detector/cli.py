@@ -14,8 +14,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1, checked before anything runs or is written."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}")
+    return value
+
+
+def positive_float_or_find(text: str) -> float | str:
+    """argparse type for --lr: a positive number, or "find" (the learning-rate finder)."""
+    if text == "find":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be a positive number or "find"; got {text!r}') \
+            from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f'must be a positive number or "find"; got {text!r}')
+    return value
 
 
 def add_split(commands):
@@ -39,16 +65,16 @@ def add_train(commands):
     p.add_argument("--out", default=d.out_dir, help="run directory (default outputs/runs/<time>)")
     p.add_argument("--weights", required=True,
                    help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=positive_float_or_find, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--patience", type=positive_int, default=d.patience)
     p.add_argument("--min-delta", type=float, default=d.min_delta)
-    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--img-size", type=positive_int, default=d.img_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--augment", action="store_true", help="flip, colour jitter, small rotation")
-    p.add_argument("--augment-views", type=int, default=d.augment_views,
+    p.add_argument("--augment-views", type=positive_int, default=d.augment_views,
                    help="augmented views cached per image when --augment (cached path)")
     p.add_argument("--no-feature-cache", action="store_true",
                    help="plain loop: a full forward pass per image per epoch")
@@ -64,7 +90,7 @@ def add_evaluate(commands):
     p.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
 
 
@@ -73,7 +99,7 @@ def add_predict(commands):
     p.add_argument("--run", required=True)
     p.add_argument("paths", nargs="+", help="image files and/or folders")
     p.add_argument("--out", default=None, help=".json or .csv (default: JSON to stdout)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
 
 
@@ -85,8 +111,8 @@ def add_gradcam(commands):
     p.add_argument("--out", required=True)
     p.add_argument("--target", default="predicted", choices=["predicted", "fake", "real"])
     p.add_argument("--masks", default=None, help="folder of masks of the fakes (synthetic data)")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-images", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default="auto")
 
 
@@ -125,7 +151,7 @@ def add_robustness(commands):
     p.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--n-bootstrap", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=None)
 
@@ -138,7 +164,7 @@ def add_cross_eval(commands):
     p.add_argument("--split", default=None, choices=["train", "val", "test"],
                    help="of a split folder (default: test if it has one, else val)")
     p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=None)
 
@@ -149,9 +175,9 @@ def add_finetune(commands):
     p.add_argument("--out", default=None, help="new run directory (default RUN-finetune-layer4)")
     p.add_argument("--lr", type=float, default=1e-5, help="layer4's learning rate")
     p.add_argument("--head-lr", type=float, default=None, help="the head's (default 10 x --lr)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--patience", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the run's")
     p.add_argument("--no-layer3-cache", action="store_true",
                    help="full forward passes every epoch (the cache gives the same result)")
     p.add_argument("--device", default="auto")
@@ -265,7 +291,29 @@ def main(argv=None) -> int:
         # Errors of the user's data or choices: one clear message, not a traceback.
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {KEPT_WHEN_INTERRUPTED.get(args.command, KEPT_BY_DEFAULT)}",
+              file=sys.stderr)
+        return 130
     return 0
+
+
+# Ctrl-C: one line per command, saying what was kept and how to go on.
+KEPT_BY_DEFAULT = ("files are written whole or not at all, so what was written is kept; "
+                   "re-running the same command carries on from there.")
+KEPT_WHEN_INTERRUPTED = {
+    "split": "the manifest and the files copied so far are kept (raw data untouched); re-running "
+             "the same command carries on and copies the rest.",
+    "train": "the run folder is kept, marked unfinished, with the features extracted before the "
+             "last completed pass in the feature cache; re-running the same command replaces the "
+             "unfinished run (no --overwrite needed) and carries on from the cached features.",
+    "finetune": "the phase-2 folder is kept, marked unfinished; re-running the same command "
+                "replaces it (no --overwrite needed).",
+    "gradcam": "the overlays written so far are kept and listed in index.csv and summary.json; "
+               "re-running the same command carries on with the images not yet explained.",
+    "predict": "nothing partial is kept (the output file appears whole or not at all); "
+               "re-running the same command starts again.",
+}
 
 
 if __name__ == "__main__":

@@ -13,15 +13,16 @@ and to copy to a GPU, and it arrives already in the channels-last layout the mod
 from __future__ import annotations
 
 import functools
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from torchvision import transforms
+
+from .images import ImageLoadError, decode_image, open_rgb  # noqa: F401 (ImageLoadError: re-exported)
 
 # The statistics ImageNet-pretrained backbones were trained with; inputs must match them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,48 +33,22 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_AUGMENTATION = {"hflip": True, "color_jitter": 0.1, "rotation_degrees": 10}
 
 
-class ImageLoadError(OSError):
-    """An image file that cannot be decoded; the message names the file."""
-
-
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode one file into an RGB PIL image (greyscale, palette, CMYK and alpha all become RGB)."""
-    try:
-        with Image.open(path) as image:
-            # Phone photos carry their rotation in EXIF; convert() decodes fully, so a truncated
-            # file fails here, by name, rather than later inside a DataLoader worker.
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageLoadError(f"Cannot read image {path}: {error}. Remove or replace the file "
-                             "(the split step lists such files and leaves them out).") from error
+def open_image(source) -> Image.Image:
+    """Decode one image into an 8-bit RGB PIL image: `source` is a path or a binary file-like
+    object (an upload). Every mode becomes the right picture (16-bit and float scaled,
+    transparency over white, first frame of an animation): the rules are in images.py, the one
+    opener of the project, which also reads regular files only, under a pixel limit.
+    Raises ImageLoadError naming the file."""
+    return open_rgb(source)
 
 
 def try_open_image(path: str | os.PathLike) -> tuple[Image.Image | None, str | None]:
-    """(RGB image, None), or (None, why not) in split.check_image's words and by its rules.
-
-    Predicting over a folder used to decode every file twice: once to check it, once to use it.
-    This checks and decodes in the one read, so unreadable files can be skipped on the way.
-    """
+    """(RGB image, None), or (None, why not) in split.check_image's words and by its rules:
+    the file is checked and decoded in the one read, so unreadable files are skipped on the way."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        return None, f"unreadable ({type(error).__name__}: {error.strerror or error})"
-    if not data:
-        return None, "empty file (0 bytes)"
-    # As in split.check_image: verify() checks structure (PNG checksums), the full decode catches
-    # a truncated file even if another library told PIL to paper over those.
-    tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            return ImageOps.exif_transpose(image).convert("RGB"), None
-    except Image.UnidentifiedImageError:
-        return None, "not an image (PIL cannot identify its format)"
-    except Exception as error:  # truncated (OSError), broken chunks (SyntaxError), huge, ...
-        return None, f"cannot be decoded ({type(error).__name__}: {error})"
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
+        return decode_image(path)[0], None
+    except ImageLoadError as error:
+        return None, str(error)
 
 
 def pil_steps(img_size: int, augmentation: dict | bool | None = None) -> list:

@@ -22,7 +22,7 @@ from .progress import tqdm
 from .data import IMAGENET_MEAN, IMAGENET_STD, make_loader, normalize_batch, uint8_transform
 from .model import backbone_features, backbone_fingerprint
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images.py decodes 16-bit, float and transparent images differently
 # Feature sets larger than this are stored as float16 on disk (half the size; ~1e-3 relative error).
 FLOAT16_ABOVE_N_IMAGES = 100_000
 

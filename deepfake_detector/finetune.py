@@ -36,6 +36,8 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, nor
 from .evaluate import write_report, write_table
 from .features import channels_last
 from .inference import load_run
+from .manifest import mark_complete, recording
+from .manifest import read_manifest as read_run_manifest
 from .split import list_split
 from .train import (RunExistsError, RunLog, TrainConfig, epoch_orders, feature_batches,
                     finish_run, fit, image_batches, prepare_run_dir, random_init_banner, run_epoch,
@@ -148,7 +150,9 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
     Returns the new run directory (default run_dir + "-finetune-layer4"; never overwritten)."""
     parent = Path(run_dir)
     out = Path(out_dir) if out_dir else parent.with_name(parent.name + SUFFIX)
-    if out.exists() and any(out.iterdir()):
+    manifest = read_run_manifest(out) if out.is_dir() else None
+    unfinished = manifest is not None and manifest.get("complete") is False
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not unfinished:
         raise RunExistsError(f"{out} already exists and is not empty; phase 2 never overwrites a "
                              "run. Choose another --out, or delete that folder yourself.")
     head_lr = HEAD_LR_FACTOR * lr if head_lr is None else head_lr
@@ -160,6 +164,15 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
 
     model, checkpoint = load_run(parent, config.device)
     run_dir = prepare_run_dir(str(out), overwrite=False)
+    with recording(run_dir):
+        phase2_into(run_dir, parent, model, checkpoint, config, lr, head_lr, cache_layer3,
+                    log_to_console)
+    mark_complete(run_dir)
+    return run_dir
+
+
+def phase2_into(run_dir: Path, parent: Path, model, checkpoint: dict, config, lr: float,
+                head_lr: float, cache_layer3: bool, log_to_console: bool) -> None:
     log = RunLog(run_dir, echo=log_to_console)
     generator = seed_everything(config.seed)
     if not checkpoint["weights"].get("pretrained", True):
@@ -197,7 +210,6 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
                         "threshold: optimistic for both. Phase 2 starts from phase 1, so its time "
                         "adds to phase 1's.")
     write_report(run_dir)
-    return run_dir
 
 
 def fit_on_layer3_outputs(model, part: TrainedPart, config: FinetuneConfig, train_items, val_items,

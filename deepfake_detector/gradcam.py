@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import heapq
 import json
 import numbers
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -43,6 +46,8 @@ from torch import nn
 from . import CLASS_NAMES, CLASS_TO_IDX
 from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, open_image
 from .figures import paper_style
+from .images import ImageLoadError, decode_image
+from .manifest import recording
 
 TARGETS = ("predicted", "fake", "real")
 OUTCOMES = ("tp", "tn", "fp", "fn")                # with labels; fake is the positive class
@@ -51,6 +56,8 @@ UNLABELLED_OUTCOMES = ("pred_fake", "pred_real")   # without labels: sorted by t
 EPSILON = 1e-7
 # Localisation: a pixel counts as "highlighted" where the [0, 1] CAM reaches this value.
 IOU_THRESHOLD = 0.5
+# Overlays are saved at the image's own resolution up to this long side (px), downscaled above.
+OVERLAY_MAX_SIDE = 4096
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,8 +208,13 @@ def overlay(image_rgb, cam: np.ndarray, colormap: int = cv2.COLORMAP_JET,
     if cam.shape != (height, width):
         cam = cv2.resize(np.float32(cam), (width, height), interpolation=cv2.INTER_LINEAR)
     colours = heatmap(cam, colormap)
-    blended = image_weight * image_rgb.astype(np.float32) + (1 - image_weight) * colours
-    return np.uint8(np.clip(np.rint(blended), 0, 255))
+    # float32 and in place: at 4,096 px a float64 expression would hold ~1.5 GB of temporaries.
+    blended = image_rgb.astype(np.float32)
+    blended *= np.float32(image_weight)
+    blended += np.float32(1 - image_weight) * colours.astype(np.float32)
+    np.rint(blended, out=blended)
+    np.clip(blended, 0, 255, out=blended)
+    return blended.astype(np.uint8)
 
 
 def outcome_of(label, predicted_fake: bool) -> str:
@@ -272,34 +284,57 @@ def thumbnail(image, longest_side: int = 320) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # The one call of the CLI and the notebook
 
+def display_image(image: Image.Image, max_side: int = OVERLAY_MAX_SIDE) -> Image.Image:
+    """The picture an overlay is drawn on: the image itself, or, when its long side is above
+    `max_side`, a copy downscaled to that (on uint8 pixels, before any float work: a 12000 px
+    square would otherwise need gigabytes of float overlays)."""
+    longest = max(image.size)
+    if longest <= max_side:
+        return image
+    scale = max_side / longest
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.BILINEAR, reducing_gap=3.0)
+
+
 def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: int,
                    mean=IMAGENET_MEAN, std=IMAGENET_STD, labels: Sequence | None = None,
                    target="predicted", batch_size: int = 16, device=None,
                    max_images: int | None = None, mask_paths: Sequence | None = None,
                    colormap: int = cv2.COLORMAP_JET, image_weight: float = 0.5,
                    per_outcome: int = 3, sheet_paths: Sequence | None = None,
-                   layer: nn.Module | None = None) -> dict:
+                   layer: nn.Module | None = None, max_side: int = OVERLAY_MAX_SIDE) -> dict:
     """Grad-CAM for many images, one batch in memory at a time; writes under out_dir:
 
         overlays/{tp,tn,fp,fn}/NAME__p0.973.png   (pred_fake/ pred_real/ for unlabelled images):
-                                                  the overlay at the file's own resolution
+                                                  the overlay at the file's own resolution, or
+                                                  downscaled to `max_side` px on the long side
         raw_cams.npy    float32 (N, h, w): row i is image i of index.csv, before any scaling;
                         scale_cams(raw_cams[i:i+1], (H, W)) gives its [0, 1] map at any size
         index.csv       index, path, label, probability (P(fake)), logit, target, outcome, overlay
         contact_sheet.png/.pdf   per outcome the `per_outcome` most confident examples (or the
                         images in `sheet_paths`): image, heatmap, overlay
-        summary.json    what is returned: counts per outcome, paths, localisation scores
+        summary.json    what is returned: counts per outcome, paths, localisation scores,
+                        the files skipped as unreadable
         faithfulness.json   the localisation scores alone, when there are masks
 
     labels: per image 0/1, "real"/"fake", or None/-1 when unknown. mask_paths: per image a mask
     file (255 = manipulated) or None; where given, localisation_scores of the maps that explain
     "fake" are computed (at the model's input size) and returned.
-    device: moves the model there (default: where it is). Files already in out_dir stay: give
-    each run its own folder. layer: the layer explained (default model.layer4[-1]).
+    Files that cannot be read are skipped and listed in one warning (and in summary.json); the
+    call fails only when none is left. index.csv, raw_cams.npy and summary.json are written
+    atomically; if the call is interrupted they describe the overlays written so far (summary
+    "complete": false), and the same call again carries on from there.
+    device: moves the model there (default: where it is). Other files in out_dir stay.
+    layer: the layer explained (default model.layer4[-1]).
     """
     out_dir = Path(out_dir)
     if device is not None:
         model.to(device)
+    for name, value in (("max_images", max_images), ("batch_size", batch_size),
+                        ("max_side", max_side)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                  or value < 1):
+            raise ValueError(f"{name} must be a whole number >= 1; got {value!r}.")
     paths = [Path(p) for p in image_paths][:max_images]
     labels = [None] * len(paths) if labels is None else list(labels)[:len(paths)]
     mask_paths = [None] * len(paths) if mask_paths is None else list(mask_paths)[:len(paths)]
@@ -310,74 +345,166 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
 
     transform = eval_transform(img_size, mean, std)
     sheet_paths = {Path(p) for p in sheet_paths} if sheet_paths else None
-    rows, raw_cams, used_names = [], [], set()
-    best = {}  # outcome -> heap of the most confident examples (min-heap on confidence)
-    for start in range(0, len(paths), batch_size):
-        batch = paths[start:start + batch_size]
-        originals = [open_image(p) for p in batch]
-        images = torch.stack([transform(image) for image in originals])
-        result = grad_cam_with_logits(model, images, target, layer)
-        for k, (path, original) in enumerate(zip(batch, originals)):
-            i = start + k
-            probability = float(result.probabilities[k])
-            outcome = outcome_of(labels[i], predicted_fake=bool(result.logits[k] > 0))
-            # The map straight from layer4's grid to the file's size: one resize, not two.
-            cam = scale_cams(result.raw_cams[k:k + 1], (original.height, original.width))[0]
-            name = unique_name(f"{path.stem}__p{probability:.3f}", used_names, outcome)
-            overlay_path = out_dir / "overlays" / outcome / f"{name}.png"
-            overlay_path.parent.mkdir(parents=True, exist_ok=True)
-            # PIL, not cv2.imwrite: the array is RGB, and PIL writes RGB as it is.
-            Image.fromarray(overlay(original, cam, colormap, image_weight)).save(overlay_path)
-            raw_cams.append(result.raw_cams[k])
-            rows.append({"index": i, "path": str(path), "label": label_name(labels[i]),
-                         "probability": probability, "logit": float(result.logits[k]),
-                         "target": result.targets[k], "outcome": outcome,
-                         "overlay": str(overlay_path)})
-            example = {"path": path, "label": labels[i], "probability": probability,
-                       "outcome": outcome, "target": result.targets[k],
-                       "raw_cam": result.raw_cams[k]}
-            if sheet_paths is None or path in sheet_paths:
-                keep_most_confident(best.setdefault(outcome, []), example, i,
-                                    per_outcome if sheet_paths is None else len(sheet_paths))
-
-    raw_cams = np.stack(raw_cams).astype(np.float32)
-    np.save(out_dir / "raw_cams.npy", raw_cams)
-    write_csv(out_dir / "index.csv", rows)
-    examples = [e for o in OUTCOMES + UNLABELLED_OUTCOMES
-                for _, _, e in sorted(best.get(o, []), reverse=True)]
-    from .figures import plt, save_figure
     target_name = target if isinstance(target, str) else "per image"
-    fig = plot_contact_sheet(examples, colormap, image_weight,
-                             title=f"Grad-CAM (target: {target_name})")
-    sheet = save_figure(fig, out_dir / "contact_sheet")
-    plt.close(fig)
+    fingerprint = hashlib.sha256(json.dumps(
+        [[str(p) for p in paths], [label_name(y) for y in labels], target_name, img_size,
+         list(mean), list(std), max_side], default=str).encode()).hexdigest()
+    rows, raw_cams, skipped, n_done = resume(out_dir, fingerprint)
+    used_names = {(r["outcome"], Path(r["overlay"]).stem) for r in rows}
+    best = {}  # outcome -> heap of the most confident examples (min-heap on confidence)
+    for row, raw_cam in zip(rows, raw_cams):
+        add_to_sheet(best, row, raw_cam, sheet_paths, per_outcome)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
-    counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES + UNLABELLED_OUTCOMES}
-    summary = {
-        "n_images": len(rows), "img_size": img_size,
-        "target": target_name,
-        "counts": {o: n for o, n in counts.items() if n},
-        "out_dir": str(out_dir), "overlays": str(out_dir / "overlays"),
-        "raw_cams": str(out_dir / "raw_cams.npy"), "index": str(out_dir / "index.csv"),
-        "contact_sheet": [str(p) for p in sheet],
-        "localisation": None,
-    }
-    # Localisation asks where the evidence for "fake" lies, so only maps that explain "fake" are
-    # scored (with target="predicted": the fakes the model caught).
-    with_mask = [i for i, m in enumerate(mask_paths) if m is not None]
-    scored = [i for i in with_mask if rows[i]["target"] == "fake"]
-    if with_mask:
-        cams = (scale_cams(raw_cams[i:i + 1], (img_size, img_size))[0] for i in scored)
-        masks = (load_mask(mask_paths[i], (img_size, img_size)) for i in scored)
-        summary["localisation"] = {**localisation_scores(cams, masks),
-                                   "images_with_mask": len(with_mask)}
-        write_json(out_dir / "faithfulness.json", summary["localisation"])  # for the run report
-    write_json(out_dir / "summary.json", summary)
-    return summary
+    def save_state(complete: bool, extra: dict | None = None) -> dict:
+        summary = {"n_images": len(rows), "img_size": img_size, "target": target_name,
+                   "counts": {o: n for o in OUTCOMES + UNLABELLED_OUTCOMES
+                              if (n := sum(r["outcome"] == o for r in rows))},
+                   "out_dir": str(out_dir), "overlays": str(out_dir / "overlays"),
+                   "raw_cams": str(out_dir / "raw_cams.npy"), "index": str(out_dir / "index.csv"),
+                   "skipped": [{"path": p, "reason": why} for p, why in skipped],
+                   "complete": complete, "n_done": n_done, "fingerprint": fingerprint,
+                   "localisation": None, **(extra or {})}
+        if rows:
+            atomic_write(out_dir / "raw_cams.npy",
+                         lambda f: np.save(f, np.stack(raw_cams).astype(np.float32)), binary=True)
+            atomic_write(out_dir / "index.csv", lambda f: write_csv_rows(f, rows))
+        atomic_write(out_dir / "summary.json",
+                     lambda f: f.write(json.dumps(summary, indent=2) + "\n"))
+        return summary
+
+    with recording(out_dir):
+        committed = (n_done, len(skipped), len(rows))  # what a re-run may take as done
+        several_frames = []
+        try:
+            while n_done < len(paths):
+                committed = (n_done, len(skipped), len(rows))
+                batch, displays, tensors = [], [], []
+                while n_done < len(paths) and len(batch) < batch_size:
+                    i, n_done = n_done, n_done + 1
+                    try:
+                        image, facts = decode_image(paths[i])
+                        if facts["frames"] > 1:
+                            several_frames.append(f"{paths[i]}: {facts['frames']} frames")
+                    except ImageLoadError as error:
+                        skipped.append((str(paths[i]), str(error)))
+                        continue
+                    tensors.append(transform(image))  # the model sees what predict sees
+                    displays.append(display_image(image, max_side))
+                    batch.append(i)
+                    del image  # a huge original is dropped as soon as its copies exist
+                if not batch:
+                    continue
+                result = grad_cam_with_logits(model, torch.stack(tensors), target, layer)
+                for k, (i, shown) in enumerate(zip(batch, displays)):
+                    path, probability = paths[i], float(result.probabilities[k])
+                    outcome = outcome_of(labels[i], predicted_fake=bool(result.logits[k] > 0))
+                    # The map straight from layer4's grid to the picture's size: one resize.
+                    cam = scale_cams(result.raw_cams[k:k + 1], (shown.height, shown.width))[0]
+                    name = unique_name(f"{path.stem}__p{probability:.3f}", used_names, outcome)
+                    overlay_path = out_dir / "overlays" / outcome / f"{name}.png"
+                    overlay_path.parent.mkdir(parents=True, exist_ok=True)
+                    # PIL, not cv2.imwrite: the array is RGB, and PIL writes RGB as it is.
+                    atomic_write(overlay_path, lambda f: Image.fromarray(
+                        overlay(shown, cam, colormap, image_weight)).save(f, format="PNG"),
+                        binary=True)
+                    row = {"index": len(rows), "path": str(path), "label": label_name(labels[i]),
+                           "probability": probability, "logit": float(result.logits[k]),
+                           "target": result.targets[k], "outcome": outcome,
+                           "overlay": str(overlay_path)}
+                    rows.append(row)
+                    raw_cams.append(result.raw_cams[k])
+                    add_to_sheet(best, row, result.raw_cams[k], sheet_paths, per_outcome)
+        except BaseException:
+            # Whole batches only: a re-run of the same call carries on after the last one.
+            n_done, skipped, rows[:], raw_cams[:] = (committed[0], skipped[:committed[1]],
+                                                     rows[:committed[2]], raw_cams[:committed[2]])
+            save_state(complete=False)
+            raise
+        if several_frames:
+            warnings.warn(f"{len(several_frames)} file(s) hold several frames (animation or "
+                          "pages); only the first frame of each was explained:\n"
+                          + "\n".join(f"  {note}" for note in several_frames), stacklevel=2)
+        if skipped:
+            warnings.warn(f"{len(skipped)} of {len(paths)} image(s) could not be read and were "
+                          "skipped:\n" + "\n".join(f"  {p}: {why}" for p, why in skipped),
+                          stacklevel=2)
+        if not rows:
+            save_state(complete=False)
+            raise ValueError(f"None of the {len(paths)} images could be read; see the list above.")
+
+        examples = [e for o in OUTCOMES + UNLABELLED_OUTCOMES
+                    for _, _, e in sorted(best.get(o, []), reverse=True)]
+        from .figures import plt, save_figure
+        fig = plot_contact_sheet(examples, colormap, image_weight,
+                                 title=f"Grad-CAM (target: {target_name})")
+        sheet = save_figure(fig, out_dir / "contact_sheet")
+        plt.close(fig)
+        extra = {"contact_sheet": [str(p) for p in sheet]}
+        # Localisation asks where the evidence for "fake" lies, so only maps that explain "fake"
+        # are scored (with target="predicted": the fakes the model caught).
+        mask_of = {str(p): m for p, m in zip(paths, mask_paths)}
+        with_mask = [r for r in rows if mask_of.get(r["path"]) is not None]
+        scored = [r for r in with_mask if r["target"] == "fake"]
+        if with_mask:
+            cams = (scale_cams(raw_cams[r["index"]][None], (img_size, img_size))[0] for r in scored)
+            masks = (load_mask(mask_of[r["path"]], (img_size, img_size)) for r in scored)
+            extra["localisation"] = {**localisation_scores(cams, masks),
+                                     "images_with_mask": len(with_mask)}
+            write_json(out_dir / "faithfulness.json", extra["localisation"])  # for the run report
+        return save_state(complete=True, extra=extra)
+
+
+def resume(out_dir: Path, fingerprint: str) -> tuple[list, list, list, int]:
+    """(rows, raw cams, skipped files, number of images done) of an interrupted call with the same
+    images and settings into out_dir; nothing to resume: empty lists and 0."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        if summary.get("complete") is not False or summary.get("fingerprint") != fingerprint:
+            return [], [], [], 0
+        rows = []
+        if summary["n_images"]:
+            with open(out_dir / "index.csv", newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            raw_cams = list(np.load(out_dir / "raw_cams.npy"))
+        else:
+            raw_cams = []
+        for row in rows:
+            row.update(index=int(row["index"]), probability=float(row["probability"]),
+                       logit=float(row["logit"]))
+        if len(rows) != len(raw_cams) or len(rows) != summary["n_images"] \
+                or not all(Path(r["overlay"]).is_file() for r in rows):
+            return [], [], [], 0
+        skipped = [(s["path"], s["reason"]) for s in summary.get("skipped", [])]
+        return rows, raw_cams, skipped, int(summary["n_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], [], [], 0
+
+
+def add_to_sheet(best: dict, row: dict, raw_cam: np.ndarray, sheet_paths, per_outcome: int) -> None:
+    path = Path(row["path"])
+    if sheet_paths is None or path in sheet_paths:
+        example = {"path": path, "label": None if row["label"] == "unlabelled" else row["label"],
+                   "probability": row["probability"], "outcome": row["outcome"],
+                   "target": row["target"], "raw_cam": raw_cam}
+        keep_most_confident(best.setdefault(row["outcome"], []), example, row["index"],
+                            per_outcome if sheet_paths is None else len(sheet_paths))
+
+
+def atomic_write(path: Path, write, binary: bool = False) -> None:
+    """write(f) into a temporary file beside `path`, renamed into place when complete."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb" if binary else "w", **({} if binary else
+                                                          {"newline": "", "encoding": "utf-8"})) as f:
+            write(f)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"))
 
 
 def unique_name(name: str, used: set, folder: str) -> str:
@@ -400,10 +527,13 @@ def keep_most_confident(heap: list, example: dict, index: int, k: int) -> None:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write(path, lambda f: write_csv_rows(f, rows))
+
+
+def write_csv_rows(f, rows: list[dict]) -> None:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def labelled_images(paths: Iterable) -> tuple[list[Path], list]:
@@ -419,7 +549,7 @@ def labelled_images(paths: Iterable) -> tuple[list[Path], list]:
             except SplitError:  # not a real/ + fake/ folder: images without labels
                 items = [(f, None) for f in find_images(path)  # not the synthetic set's masks
                          if "masks" not in f.relative_to(path).parts[:-1]]
-        elif path.is_file():
+        elif path.exists() or path.is_symlink():  # special files are skipped, with a reason
             label = class_of_folder(path.parent.name)
             items = [(path, None if label is None else CLASS_TO_IDX[label])]
         else:

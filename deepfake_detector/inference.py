@@ -7,6 +7,7 @@ whether the folder holds a hundred images or a million.
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from pathlib import Path
 
@@ -16,8 +17,38 @@ from .progress import tqdm
 
 from .data import make_loader, normalize_batch, uint8_transform
 from .features import inference_pass, lagged
+from .images import warn_multi_frame
+from .manifest import recording
 from .model import build_model, pick_device
 from .split import check_image, find_images, list_labelled_folder, list_split
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is damaged, foreign or unsafe; the message says what to do."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict of this project's checkpoint.pt, loaded with weights_only=True (tensors
+    and plain values only: a pickle that would run code is refused, never executed), or a
+    CheckpointError in one line."""
+    path = Path(path)
+    what_to_do = ("Train the run again, or pass the run directory that holds a checkpoint.pt "
+                  "written by `python -m deepfake_detector train`.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain values, "
+                              f"so it is not loaded (loading could run code). {what_to_do}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path} is damaged or not a PyTorch checkpoint (truncated or "
+                              f"overwritten: {type(error).__name__}). {what_to_do}") from None
+    needed = ("model_state", "img_size", "mean", "std")
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in needed):
+        keys = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a checkpoint of this project (it lacks "
+                              f"{', '.join(k for k in needed if not isinstance(checkpoint, dict) or k not in checkpoint)}; "
+                              f"found {keys}). {what_to_do}")
+    return checkpoint
 
 
 def load_run(run_dir: str | Path, device: str = "auto"):
@@ -26,15 +57,21 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint.pt in {run_dir}: is it a run directory made by "
                                 "`python -m deepfake_detector train`?")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     model, _ = build_model("none", seed=None)  # the architecture only; the weights come next
     try:
         model.load_state_dict(checkpoint.pop("model_state"))
-    except RuntimeError as error:
-        raise ValueError(f"{path} holds a model with a non-standard head "
-                         f"({checkpoint.get('head', 'unknown')}), not Linear(512, 1): a notebook "
-                         "experiment, which only the notebook that defined the head can load "
-                         f"(model.load_state_dict). ({str(error).splitlines()[0]})") from error
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0][:200]
+        head = checkpoint.get("head")
+        if isinstance(head, str) and "Linear(in_features=512, out_features=1" not in head:
+            raise CheckpointError(f"{path} holds a model with a non-standard head ({head}), not "
+                                  "Linear(512, 1): a notebook experiment, which only the notebook "
+                                  "that defined the head can load (model.load_state_dict). "
+                                  f"({first})") from None
+        raise CheckpointError(f"{path} does not hold this project's single-logit ResNet-18 "
+                              f"({first}). Train the run again, or pass the run directory that "
+                              "holds the right checkpoint.pt.") from None
     return model.to(pick_device(device)).eval(), checkpoint
 
 
@@ -88,12 +125,13 @@ def predict_probabilities(model, items, img_size: int, mean, std, batch_size: in
 
 
 def list_images(paths) -> list[Path]:
-    """Expand folders to their images (sorted); files stay as given."""
+    """Expand folders to their images (sorted); files stay as given. A special file named
+    here (a FIFO, a device) stays too: it is skipped, with its reason, without being read."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
             files += find_images(path)
-        elif path.is_file():
+        elif path.exists() or path.is_symlink():
             files.append(path)
         else:
             raise FileNotFoundError(f"{path} does not exist.")
@@ -152,6 +190,7 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
             yield {"image_id": ids[i], "prediction": p,
                    "predicted_label": "fake" if p >= threshold else "real", "path": str(files[i])}
     warn_skipped([(files[i], why) for i, why in sorted(failures)])
+    warn_multi_frame(files)
     if not n_predicted:
         raise ValueError(f"No readable images in {', '.join(map(str, paths))}.")
 
@@ -163,7 +202,8 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
     rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers))
     if out_file:
         from .evaluate import write_predictions
-        write_predictions(rows, out_file)
+        with recording(Path(out_file).parent):  # into a run's manifest, if it is in one
+            write_predictions(rows, out_file)
     return rows
 
 
@@ -173,7 +213,7 @@ def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str 
     come; memory stays flat however many images there are. Returns the number of rows written."""
     from .evaluate import atomic_text_file, write_prediction_rows
     out_file = Path(out_file)
-    with atomic_text_file(out_file) as f:
+    with recording(out_file.parent), atomic_text_file(out_file) as f:  # recorded if in a run
         return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device, num_workers),
                                      f, out_file.suffix)
 
@@ -183,8 +223,7 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
                  log=print) -> dict:
     """Metrics, figures and predictions of a run on data_dir/split (or on a plain folder holding
     real/ and fake/, for a cross-dataset test). Written to run_dir/eval/<name>/ unless out_dir."""
-    from .evaluate import (compute_metrics, metrics_table_rows, save_evaluation_figures,
-                           write_predictions, write_report, write_table)
+    from .evaluate import compute_metrics
     from .figures import plt
     from .split import split_groups
     model, checkpoint = load_run(run_dir, device)
@@ -193,10 +232,18 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     is_split = (data_dir / "split.csv").is_file() or (data_dir / split).is_dir()
     items = list_split(data_dir, split) if is_split else list_labelled_folder(data_dir)
     split = split if is_split else "all"
+    probabilities, failures = stream_probabilities(
+        model, items, checkpoint["img_size"], checkpoint["mean"], checkpoint["std"], batch_size,
+        num_workers, desc=f"evaluate {split}", skip_unreadable=True)
+    if failures:  # listed in one warning, left out of the metrics; fail only when none is left
+        warn_skipped([(items[i][0], why) for i, why in failures])
+        readable = np.isfinite(probabilities)
+        items = [item for item, ok in zip(items, readable) if ok]
+        probabilities = probabilities[readable]
+        if not items:
+            raise ValueError(f"No readable images in {data_dir} ({split}).")
+    warn_multi_frame([path for path, _ in items])
     labels = np.array([y for _, y in items])
-    probabilities = predict_probabilities(model, items, checkpoint["img_size"], checkpoint["mean"],
-                                          checkpoint["std"], batch_size, num_workers,
-                                          desc=f"evaluate {split}")
     metrics = compute_metrics(labels, probabilities, threshold=checkpoint.get("threshold", 0.5),
                               val_threshold=checkpoint.get("val_threshold"),
                               groups=split_groups(data_dir, items), n_bootstrap=n_bootstrap)
@@ -204,6 +251,19 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
                     "weights": checkpoint["weights"]})
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "eval" / f"{data_dir.name}-{split}"
+    # Into the run's manifest (and that of another run, if out is in one): what this wrote.
+    with recording(run_dir), recording(out):
+        write_evaluation(run_dir, data_dir, out, out_dir, split, items, labels, probabilities,
+                         metrics)
+    plt.close("all")
+    log(f"metrics, predictions and figures written to {out}")
+    return metrics
+
+
+def write_evaluation(run_dir: Path, data_dir: Path, out: Path, out_dir, split: str, items,
+                     labels, probabilities, metrics: dict) -> None:
+    from .evaluate import (metrics_table_rows, save_evaluation_figures, write_predictions,
+                           write_report, write_table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_predictions(({"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
@@ -218,6 +278,3 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
         write_table(metrics_table_rows(metrics), run_dir / "tables" / "metrics_test",
                     caption="Test metrics with 95% bootstrap confidence intervals")
         write_report(run_dir)
-    plt.close("all")
-    log(f"metrics, predictions and figures written to {out}")
-    return metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -83,8 +84,15 @@ def load_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message would advise weights_only=False: never here
+        raise WeightsUnavailableError(
+            f"{path} holds Python objects other than tensors and plain values, so it is not "
+            "loaded (loading could run code). Use a plain state dict (torch.save(model."
+            "state_dict(), ...)), a checkpoint.pt of this project, or --weights none.") from None
     except Exception as error:
-        raise WeightsUnavailableError(f"{path} is not a PyTorch weights file: {error}") from error
+        raise WeightsUnavailableError(f"{path} is damaged or not a PyTorch weights file "
+                                      f"({type(error).__name__}). Download or save it again, or "
+                                      "pass another file.") from None
     if isinstance(state, dict) and "model_state" in state:  # a checkpoint of this project
         state = state["model_state"]
     if not isinstance(state, dict) or "layer4.1.conv2.weight" not in state:

@@ -14,7 +14,6 @@ img_size, as they would on the file in the wild. All of them are deterministic.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -33,6 +32,8 @@ from .evaluate import AUC_COLOUR, FAKE_COLOUR, MUTED, compute_metrics, write_rep
 from .features import inference_pass
 from .figures import paper_style, plt, save_figure
 from .inference import evaluate_run, load_run
+from .images import regular_file_problem
+from .manifest import recording, sha256_of_file
 from .split import list_labelled_folder, list_split, read_manifest
 
 # ----------------------------------------------------------------------------- perturbations
@@ -155,14 +156,16 @@ def robustness_table(run_dir, data_dir, split: str = "val", perturbations: dict 
         log(f"{name:>14}: accuracy {rows[-1]['accuracy']:.4f}, ROC-AUC {rows[-1]['roc_auc']}")
     caveat = (" The validation split also chose the early-stopping epoch and the threshold: "
               "prefer a test split for a paper." if split == "val" else "")
-    write_rows(run_dir, "robustness", rows,
-               f"Robustness on {test_set} ({len(items)} images): the same images perturbed before "
-               "the model's resize. Accuracy at threshold 0.5 and at the validation-chosen "
-               f"threshold; 95% stratified bootstrap CIs ({n_bootstrap} replicates).{caveat}")
-    fig = plot_robustness(rows, title=f"Robustness on {test_set}")
-    save_figure(fig, run_dir / "figures" / "robustness")
-    plt.close(fig)
-    write_report(run_dir)
+    with recording(run_dir):  # into the run's manifest: replacing the run may delete these
+        write_rows(run_dir, "robustness", rows,
+                   f"Robustness on {test_set} ({len(items)} images): the same images perturbed "
+                   "before the model's resize. Accuracy at threshold 0.5 and at the "
+                   "validation-chosen threshold; 95% stratified bootstrap CIs "
+                   f"({n_bootstrap} replicates).{caveat}")
+        fig = plot_robustness(rows, title=f"Robustness on {test_set}")
+        save_figure(fig, run_dir / "figures" / "robustness")
+        plt.close(fig)
+        write_report(run_dir)
     return rows
 
 
@@ -200,7 +203,8 @@ def plot_robustness(rows: list[dict], title: str = ""):
 
 
 def file_hashes(paths) -> set[str]:
-    return {hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths}
+    """SHA-256 of each regular file, read in blocks (special files are skipped, never read)."""
+    return {sha256_of_file(path) for path in paths if regular_file_problem(path) is None}
 
 
 def seen_in_training(run_dir: Path, items) -> tuple[str | None, int | None]:
@@ -254,12 +258,13 @@ def cross_dataset_row(run_dir, data_dir, name: str | None = None, split: str | N
     path = run_dir / "cross_dataset.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
     rows = [r for r in rows if r.get("test set") != name] + [row]
-    write_rows(run_dir, "cross_dataset", rows,
-               "Cross-dataset evaluation: the run tested on data sets it was not trained on. "
-               "Accuracy at threshold 0.5 and at the validation-chosen threshold; ROC-AUC with "
-               "95% stratified bootstrap CI; n_seen_in_training: test images byte-identical to a "
-               "training image (0 for an independent test set).")
-    write_report(run_dir)
+    with recording(run_dir):
+        write_rows(run_dir, "cross_dataset", rows,
+                   "Cross-dataset evaluation: the run tested on data sets it was not trained on. "
+                   "Accuracy at threshold 0.5 and at the validation-chosen threshold; ROC-AUC with "
+                   "95% stratified bootstrap CI; n_seen_in_training: test images byte-identical "
+                   "to a training image (0 for an independent test set).")
+        write_report(run_dir)
     return row
 
 

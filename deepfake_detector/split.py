@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import operator
 import os
@@ -31,13 +30,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from PIL import Image, ImageFile
 from .progress import tqdm
 
 from deepfake_detector import CLASS_NAMES, CLASS_TO_IDX, __version__
+from deepfake_detector.images import ImageLoadError, decode_image, regular_file_problem
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 LINK_MODES = ("copy", "hardlink")
 MANIFEST_CSV = "split.csv"
 SETTINGS_JSON = "split.json"
@@ -185,37 +184,26 @@ def check_image(path: str | os.PathLike) -> str | None:
 
 
 def inspect_image(path: Path) -> tuple[dict | None, str | None]:
-    """({sha256, bytes, format, width, height, mode}, None) for a good image, (None, reason) else.
-    The file is read once: the same bytes are hashed and decoded."""
+    """({sha256, bytes, format, width, height, mode, frames}, None) for a good image, (None, reason)
+    else. Only regular files are read (a FIFO or /dev/zero behind an image name is refused, not
+    read); the bytes are hashed in blocks and decoded by images.decode_image, the project's one
+    opener, under its pixel limit."""
+    problem = regular_file_problem(path)
+    if problem:
+        return None, problem
     try:
-        data = path.read_bytes()
+        size = os.path.getsize(path)
+        if not size:
+            return None, "empty file (0 bytes)"
+        digest = _sha256_of_file(Path(path))
     except OSError as error:
         return None, f"unreadable ({type(error).__name__}: {error.strerror or error})"
-    if not data:
-        return None, "empty file (0 bytes)"
     try:
-        facts = _decode(data)
-    except Image.UnidentifiedImageError:
-        return None, "not an image (PIL cannot identify its format)"
-    except Exception as error:  # truncated (OSError), broken chunks (SyntaxError), huge, ...
-        return None, f"cannot be decoded ({type(error).__name__}: {error})"
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), **facts}, None
-
-
-def _decode(data: bytes) -> dict:
-    # verify() checks structure (e.g. PNG checksums) but no pixels, and leaves the image unusable;
-    # the second open decodes every pixel, which is what catches a truncated JPEG. Another library
-    # may have told PIL to paper over truncated files; here we want to see them.
-    tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return {"format": image.format, "width": image.width, "height": image.height,
-                    "mode": image.mode}
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
+        image, facts = decode_image(path)
+    except ImageLoadError as error:
+        return None, str(error)
+    image.close()
+    return {"sha256": digest, "bytes": size, **facts}, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +226,8 @@ def split_dataset(raw_dir, out_dir, val_fraction: float = 0.2, test_fraction: fl
     link_mode: "copy", or "hardlink" to save disk space (then the split files ARE the raw files:
         edit neither). Where hard links are impossible (another filesystem), files are copied.
     replace: split again over an existing, different split; only what split_dataset wrote is
-        deleted, anything else in the split folders is moved to out_dir/set_aside_<time>/.
+        deleted. If the split folders hold anything else, nothing is deleted and the error names
+        those files (the policy of `train --overwrite` too).
 
     Re-running with the same settings over the same raw files changes nothing (status "unchanged")
     except to restore split files deleted by hand. Different settings or raw files: SplitExistsError.
@@ -390,6 +379,10 @@ def _plan_split(raw_dir: Path, class_folders: dict[str, Path], candidates: dict[
             else:
                 records.append({"label": label, "source": source, **facts,
                                 "in_class": path.relative_to(class_folders[label]).as_posix()})
+    multi_frame = [f"{r['source']}: {r['frames']} frames" for r in records if r["frames"] > 1]
+    if multi_frame:
+        notes.append(_list_message(f"{len(multi_frame)} files hold several frames (animation or "
+                                   "pages); only the first frame of each is used:", multi_frame))
     if excluded:
         notes.append(_list_message(f"Left out {len(excluded)} files under {raw_dir} that are not "
                                    "readable images (listed in split.json too):",
@@ -601,9 +594,8 @@ def _holds_a_split(out_dir: Path) -> bool:
 def _read_previous_split(out_dir: Path, replace: bool) -> dict | None:
     """The last run's split.json, None if there is none; refuses split folders it cannot vouch for."""
     json_path = out_dir / SETTINGS_JSON
-    how_to_go_on = ("Nothing was changed. To split into it anyway, pass replace=True (CLI: --replace): "
-                    f"files split_dataset did not write are moved to {out_dir}/set_aside_<time>/, "
-                    "not deleted. Or choose another out_dir.")
+    how_to_go_on = ("Nothing was changed. Choose another out_dir, or move the files split_dataset "
+                    "did not write out of the split folders and pass replace=True (CLI: --replace).")
     if json_path.is_file():
         try:
             previous = json.loads(json_path.read_text(encoding="utf-8"))
@@ -661,38 +653,43 @@ def _keep_previous_split(raw_dir: Path, out_dir: Path, previous: dict) -> SplitS
 
 
 def _remove_previous_split(out_dir: Path) -> list[str]:
-    """Delete what split_dataset wrote: split files whose bytes are still the ones in the manifest,
-    and the manifest. Whatever else is in the split folders is moved aside, never deleted."""
+    """Delete what split_dataset wrote: split files whose bytes are still the ones in the manifest
+    (and the half-written copies of an interrupted run), and the manifest. The same policy as
+    `train --overwrite` (manifest.py): if the split folders hold anything else, nothing is
+    deleted and SplitExistsError names those files."""
     try:
         written = {out_dir / row["path"]: row["sha256"] for row in read_manifest(out_dir)}
     except (SplitError, KeyError, ValueError):  # no manifest, or not one of ours
         written = {}
-    kept = []
+    ours, foreign = [], []
     for split in SPLITS:
-        for root, _, files in os.walk(out_dir / split):
-            for name in files:
+        for root, dirs, files in os.walk(out_dir / split):
+            names = files + [d for d in dirs if os.path.islink(os.path.join(root, d))]
+            for name in names:
                 path = Path(root, name)
-                if name in OS_CLUTTER or (path in written and _sha256_of_file(path) == written[path]):
-                    path.unlink()
+                whole = path.with_name(name[:-len(".partial")]) if name.endswith(".partial") else None
+                if name in OS_CLUTTER or (whole is not None and whole in written):
+                    ours.append(path)
+                elif path in written and not path.is_symlink() and path.is_file() \
+                        and _sha256_of_file(path) == written[path]:
+                    ours.append(path)
                 else:
-                    kept.append(path)
+                    foreign.append(path.relative_to(out_dir).as_posix())
+    if foreign:
+        raise SplitExistsError(_list_message(
+            f"{out_dir} holds {len(foreign)} file(s) in its split folders that split_dataset did "
+            "not write (or that were edited since); replacing the split would delete them, so "
+            "nothing was changed. Move them out of the split folders, or choose another out_dir:",
+            foreign))
+    for path in ours:
+        path.unlink()
+    for split in SPLITS:
         for root, _, _ in os.walk(out_dir / split, topdown=False):
             if not any(Path(root).iterdir()):
                 Path(root).rmdir()
     for name in (MANIFEST_CSV, SETTINGS_JSON):
         (out_dir / name).unlink(missing_ok=True)
-    if not kept:
-        return []
-    aside = out_dir / f"set_aside_{datetime.now():%Y%m%d-%H%M%S}"
-    while aside.exists():
-        aside = aside.with_name(aside.name + "_")
-    aside.mkdir()
-    for split in SPLITS:
-        if (out_dir / split).exists():
-            os.replace(out_dir / split, aside / split)
-    return [_list_message(f"{len(kept)} files in the old split folders were not written by "
-                          f"split_dataset, or were edited since; they were moved to {aside}:",
-                          [path.relative_to(out_dir).as_posix() for path in kept])]
+    return []
 
 
 def _sha256_of_file(path: Path) -> str:
@@ -736,8 +733,12 @@ def _place_files(raw_dir: Path, out_dir: Path, rows: list[dict], link_mode: str)
         partial.unlink(missing_ok=True)
         if link_mode == "hardlink":
             try:
-                os.link(source, partial)
+                # To the file itself: a link to a relative symlink would point nowhere from here.
+                os.link(os.path.realpath(source), partial)
+                if not partial.is_file():
+                    raise OSError("not a regular file")
             except OSError:  # another filesystem, or one without hard links
+                partial.unlink(missing_ok=True)
                 shutil.copyfile(source, partial)
                 copied_instead += 1
         else:
@@ -800,10 +801,45 @@ def list_split(data_dir: str | os.PathLike, split: str) -> list[tuple[Path, int]
         return items
     folder = data_dir / split
     if not folder.is_dir():
+        hint = _raw_data_hint(data_dir)
+        if hint:
+            raise SplitError(f"No '{split}' split in {data_dir}.{hint}")
         raise SplitError(f"No '{split}' split in {data_dir}: neither {manifest} nor the folder "
                          f"{folder} exists. Make it with split_dataset(raw_dir, '{data_dir}'), or put "
                          f"images into {folder}/real/ and {folder}/fake/ yourself.")
     return list_labelled_folder(folder)
+
+
+def drop_unreadable(items: list[tuple[Path, int]], where) -> list[tuple[Path, int]]:
+    """The items whose files decode; the others are listed in one SplitWarning (how many, which,
+    why). For folders split_dataset never checked (hand-made splits, other data sets)."""
+    good, skipped, several_frames = [], [], []
+    for path, label in items:
+        facts, reason = inspect_image(Path(path))
+        (skipped.append(f"{path}: {reason}") if reason else good.append((path, label)))
+        if facts and facts["frames"] > 1:
+            several_frames.append(f"{path}: {facts['frames']} frames")
+    if several_frames:
+        _warn([_list_message(f"{len(several_frames)} files in {where} hold several frames "
+                             "(animation or pages); only the first frame of each is used:",
+                             several_frames)], stacklevel=3)
+    if skipped:
+        _warn([_list_message(f"Left out {len(skipped)} of the {len(items)} files in {where} that "
+                             "are not readable images:", skipped)], stacklevel=3)
+    if not good:
+        raise SplitError(f"No readable images in {where}; see the files listed above.")
+    return good
+
+
+def _raw_data_hint(data_dir: Path) -> str:
+    """A raw folder given where a split is expected: say how to split it (into another folder)."""
+    try:
+        find_class_folders(data_dir)
+    except SplitError:
+        return ""
+    return (f" {data_dir} looks like raw data (real/ and fake/ folders): split it first, into "
+            f"another folder: python -m deepfake_detector split --raw {data_dir} --out "
+            f"{data_dir.parent / 'data' if data_dir.name != 'data' else data_dir.parent / 'data_split'}.")
 
 
 def list_labelled_folder(folder: str | os.PathLike) -> list[tuple[Path, int]]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import os
 import platform
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -31,11 +32,13 @@ from .audit import AuditWarning, audit_split
 from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
     train_transform
 from .features import cached_features, channels_last
+from .manifest import NotOursError, mark_complete, recording, remove_run_dir, start_run_dir
+from .manifest import read_manifest as read_run_manifest
 from .model import build_model, pick_device
 from .evaluate import (choose_threshold, compute_metrics, metrics_table_rows, plot_history,
                        save_evaluation_figures, write_predictions, write_report, write_table)
 from .figures import plt, save_figure
-from .split import list_split, split_groups
+from .split import drop_unreadable, list_split, split_groups
 
 
 @dataclass
@@ -135,19 +138,47 @@ def random_init_banner(note: str) -> str:
 
 
 def prepare_run_dir(out_dir: str, overwrite: bool) -> Path:
-    """A new, empty run directory. An existing run is only replaced when asked, and only if it
-    is a run (has config.json): never a folder of something else."""
+    """A new, empty run directory with its manifest (manifest.py). An existing run is replaced
+    only when asked (`overwrite`), or when it is an unfinished run (a failed or interrupted
+    attempt), and only if every file in it is one the project wrote: otherwise nothing is
+    deleted and the error names the files that would have been lost."""
     run_dir = Path(out_dir or f"outputs/runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir} is a file, not a folder. Choose another --out.")
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
+        manifest = read_run_manifest(run_dir)
+        unfinished = manifest is not None and manifest.get("complete") is False
+        if not overwrite and not unfinished:
             raise RunExistsError(f"Run directory {run_dir} already exists and is not empty. "
-                                 "Choose another --out, or pass --overwrite to replace that run.")
-        if not (run_dir / "config.json").exists():
-            raise RunExistsError(f"{run_dir} is not empty and is not a run directory (no "
-                                 "config.json); refusing to delete it. Choose another --out.")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+                                 "Choose another --out, or pass --overwrite to replace that run "
+                                 "(only files the project wrote there are deleted).")
+        try:
+            remove_run_dir(run_dir)
+        except NotOursError as error:
+            raise RunExistsError(str(error)) from None
+    return start_run_dir(run_dir)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Every number and choice checked before anything is written (ValueError: one clear line)."""
+    def whole(name, minimum):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ValueError(f"{name} must be a whole number >= {minimum}; got {value!r}.")
+
+    for name, minimum in (("epochs", 1), ("batch_size", 1), ("img_size", 1), ("patience", 1),
+                          ("augment_views", 1)):
+        whole(name, minimum)
+    if config.num_workers is not None:
+        whole("num_workers", 0)
+    if not (config.lr == "find" or (isinstance(config.lr, numbers.Real)
+                                    and not isinstance(config.lr, bool)
+                                    and math.isfinite(config.lr) and config.lr > 0)):
+        raise ValueError(f"lr must be a positive number (e.g. 1e-4) or 'find'; got {config.lr!r}.")
+    for name in ("weight_decay", "min_delta"):
+        value = getattr(config, name)
+        if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0; got {value!r}.")
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -251,18 +282,22 @@ def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | N
     `model` (with its `weights_record`, as build_model returns them): train this model's head
     instead of building one from config.weights; the notebook passes the model it built and
     froze in front of the student. Its backbone must match config.weights (the record says which).
+
+    Everything that can be checked is checked before the run directory is made (the numbers, the
+    weights, the data), so a failed call leaves nothing behind to block its retry. Every file
+    written into the run is recorded in its manifest; the run is marked complete at the end.
     """
     if model is not None and weights_record is None:
         raise ValueError("train(model=...) needs the weights_record that build_model returned "
                          "with it: the run must record which weights its backbone holds.")
-    run_dir = prepare_run_dir(config.out_dir, config.overwrite)
-    config.out_dir = str(run_dir)
-    log = RunLog(run_dir, echo=log_to_console)
-    generator = seed_everything(config.seed)
+    check_config(config)
     device = pick_device(config.device)
+    generator = seed_everything(config.seed)
+    if model is None:
+        model, weights_record = build_model(config.weights, seed=config.seed)
 
-    train_items = list_split(config.data_dir, "train")
-    val_items = list_split(config.data_dir, "val")
+    train_items = usable_split(config.data_dir, "train")
+    val_items = usable_split(config.data_dir, "val")
     counts = {split: {name: sum(1 for _, y in items if y == index)
                       for name, index in CLASS_TO_IDX.items()}
               for split, items in (("train", train_items), ("val", val_items))}
@@ -270,6 +305,29 @@ def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | N
         if min(per_class.values()) == 0:
             raise ValueError(f"{config.data_dir}/{split} has no images of class "
                              f"{min(per_class, key=per_class.get)!r}: both classes are needed.")
+
+    run_dir = prepare_run_dir(config.out_dir, config.overwrite)
+    config.out_dir = str(run_dir)
+    with recording(run_dir):
+        trained = train_into(run_dir, config, model, weights_record, train_items, val_items,
+                             counts, generator, device, log_to_console)
+    mark_complete(run_dir)
+    return trained
+
+
+def usable_split(data_dir, split: str):
+    """list_split's items; in a hand-made split (no split.csv, so never checked by split_dataset)
+    unreadable files are left out and listed in one warning."""
+    items = list_split(data_dir, split)
+    if (Path(data_dir) / "split.csv").is_file():
+        return items
+    return drop_unreadable(items, f"{data_dir}/{split}")
+
+
+def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, train_items,
+               val_items, counts: dict, generator, device,
+               log_to_console: bool = True) -> TrainedRun:
+    log = RunLog(run_dir, echo=log_to_console)
     # Shortcuts (one class all PNG, the other JPEG; different sizes...) would be learned instead of
     # the content: look before training. It warns, it never refuses.
     with warnings.catch_warnings():
@@ -279,12 +337,10 @@ def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | N
         log(f"DATA AUDIT WARNING: {flag}")
     if findings["flags"]:
         warnings.warn(f"data audit: {len(findings['flags'])} possible shortcut(s), see "
-                      f"{run_dir / 'audit' / 'audit.md'}", AuditWarning, stacklevel=2)
+                      f"{run_dir / 'audit' / 'audit.md'}", AuditWarning, stacklevel=3)
     # Imbalanced data: weigh the positive (fake) class so each class counts equally in the loss.
     pos_weight = counts["train"]["real"] / counts["train"]["fake"]
 
-    if model is None:
-        model, weights_record = build_model(config.weights, seed=config.seed)
     model.eval().to(device)  # eval: BatchNorm keeps its statistics; only the head learns
     if not weights_record["pretrained"]:
         log(random_init_banner(weights_record["note"]))

@@ -216,15 +216,16 @@ def test_awkward_file_names(tmp_path):
 
 def test_extensions_in_any_case_hidden_files_ignored(tmp_path):
     folder = tmp_path / "images"
-    wanted = ["a.JPG", "b.Jpeg", "c.PNG", "d.bmp", "e.WEBP", "f.tif", "g.TIFF", "sub/h.png"]
+    wanted = ["a.JPG", "b.Jpeg", "c.PNG", "d.bmp", "e.WEBP", "f.tif", "g.TIFF", "h.gif",
+              "sub/h.png"]
     for i, name in enumerate(wanted):
         make_image(folder / name, seed=i)
-    for name in ["notes.txt", "anim.gif", ".DS_Store", "._a.JPG", ".hidden/x.png",
+    for name in ["notes.txt", ".DS_Store", "._a.JPG", ".hidden/x.png",
                  ".ipynb_checkpoints/y.png"]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"junk")
     assert [p.relative_to(folder).as_posix() for p in find_images(folder)] == wanted
-    assert len(find_images(folder, recursive=False)) == 7
+    assert len(find_images(folder, recursive=False)) == 8
     assert all(check_image(p) is None for p in find_images(folder))
 
 
@@ -419,31 +420,43 @@ def test_other_raw_files_are_refused(tmp_path, change):
     assert snapshot(out) == before
 
 
-def test_hand_made_split_folders_are_refused_then_set_aside(tmp_path):
+def test_hand_made_split_folders_are_refused_even_with_replace(tmp_path):
     raw, out = make_raw(tmp_path, 10, 10), tmp_path / "data"
     mine = make_image(out / "train" / "real" / "mine.png", seed=4242).read_bytes()
     with pytest.raises(SplitExistsError, match="not made by split_dataset"):
         split_dataset(raw, out)
-    summary = split_quietly(raw, out, replace=True)
-    assert summary.status == "replaced"
-    kept = list(out.glob("set_aside_*/train/real/mine.png"))
-    assert len(kept) == 1 and kept[0].read_bytes() == mine
-    assert files_in_split_folders(out) == {row["path"] for row in read_manifest(out)}
+    before = snapshot(out)
+    with pytest.raises(SplitExistsError, match=r"(?s)did not write.*train/real/mine.png"):
+        split_quietly(raw, out, replace=True)
+    assert snapshot(out) == before and (out / "train/real/mine.png").read_bytes() == mine
+    (out / "train" / "real" / "mine.png").unlink()  # moved away by its owner: now it goes ahead
+    assert split_quietly(raw, out, replace=True).status == "replaced"  # its empty folders
 
 
-def test_replace_splits_again_and_deletes_only_its_own_files(tmp_path):
+def test_replace_refuses_over_foreign_files_and_deletes_only_its_own(tmp_path):
+    """One policy with `train --overwrite`: a file split_dataset did not write (or an edited
+    one) makes --replace refuse, naming it, and nothing is deleted."""
     raw, out = make_raw(tmp_path), tmp_path / "data"
     split_quietly(raw, out, seed=0)
     (out / "train" / "real" / "my notes.txt").write_text("keep me")
+    edited = out / read_manifest(out)[0]["path"]
     (out / "README.md").write_text("my data folder")
+    (out / "train" / "real" / ".DS_Store").write_bytes(b"clutter")
+    before = snapshot(out)
+    with pytest.raises(SplitExistsError, match=r"(?s)1 file\(s\).*train/real/my notes.txt"):
+        split_quietly(raw, out, seed=1, replace=True)
+    assert snapshot(out) == before
+    (out / "train" / "real" / "my notes.txt").unlink()
+    edited.write_bytes(edited.read_bytes() + b"edited")
+    with pytest.raises(SplitExistsError, match="edited since"):
+        split_quietly(raw, out, seed=1, replace=True)
+    edited.unlink()
     summary = split_quietly(raw, out, seed=1, replace=True)
     assert summary.status == "replaced"
     split_quietly(raw, tmp_path / "fresh", seed=1)
     assert assignment(out) == assignment(tmp_path / "fresh")
     assert files_in_split_folders(out) == {row["path"] for row in read_manifest(out)}
-    assert [p.read_text() for p in out.glob("set_aside_*/train/real/my notes.txt")] == ["keep me"]
-    assert (out / "README.md").read_text() == "my data folder"
-    assert any("moved to" in w for w in summary.warnings)
+    assert (out / "README.md").read_text() == "my data folder"  # outside the split folders
 
 
 # --- groups ------------------------------------------------------------------------------------

@@ -1,0 +1,204 @@
+"""The one way this project opens an image file: safely, within a pixel limit, as the right picture.
+
+Every decode (split's check, the audit, training, predict, evaluate, Grad-CAM) goes through
+`decode_image`, so every command sees the same pixels and fails on a file in the same words.
+
+Safety, before a byte of pixels is decoded:
+
+* Only regular files are read. A symlink counts as the file it points to; a FIFO, a device
+  (`/dev/zero`), a socket or a folder is refused by name, so nothing can hang or fill memory.
+* The pixel limit is `MAX_IMAGE_PIXELS` (178,956,970: PIL's own decompression-bomb limit),
+  checked on the header by this module for its own calls. PIL's global `Image.MAX_IMAGE_PIXELS`
+  is left as it is for everyone else who imports PIL.
+
+What an image mode becomes (the model sees 8-bit RGB):
+
+* 16-bit greyscale (`I;16`, `I;16B`, ...) and 32-bit integer `I` (how PIL opens 16-bit PNG and
+  TIFF files): 0-65535 mapped linearly to 0-255 (value / 257, rounded; values outside 0-65535
+  clipped). PIL's own convert() clips at 255 instead, which turns most 16-bit pictures white.
+* 32-bit float `F`: values in [0, 1] are scaled by 255 when the image's maximum is at most 1
+  (the usual convention for float images); otherwise they are taken as 0-255; then clipped.
+* Transparency (`RGBA`, `LA`, `PA`, `RGBa`, palette or RGB/L images with a transparent colour):
+  composited over a white background, as a browser or an image viewer on white shows it.
+* `CMYK`, `YCbCr`, palette, 1-bit and 8-bit greyscale: PIL's conversion to RGB.
+* Multi-frame files (animated GIF, WebP or PNG, multi-page TIFF): the first frame; `facts`
+  records how many frames there were, so callers can say so.
+* EXIF orientation (phone photos) is applied.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+# PIL's decompression-bomb limit (twice its warning level): about 13,400 x 13,400 pixels.
+MAX_IMAGE_PIXELS = 178_956_970
+# White shows through where an image is transparent.
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageLoadError(OSError):
+    """An image file that cannot be used; the message names the file and says why."""
+
+
+def regular_file_problem(path: str | os.PathLike) -> str | None:
+    """None for a regular file (or a symlink to one), else why it must not be read."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: the target is what would be read
+    except OSError as error:
+        if os.path.islink(path):
+            return "a broken symbolic link"
+        return f"unreadable ({type(error).__name__}: {error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"{kind}, not a regular file: not read"
+
+
+def decode_image(source, verify: bool = True) -> tuple[Image.Image, dict]:
+    """(8-bit RGB PIL image, facts of the file: format, width, height, mode, frames).
+
+    `source`: a path, or a binary file-like object (an upload). Raises ImageLoadError, whose
+    message is the reason alone (callers add the file's name). With `verify`, PIL's structural
+    check runs first (PNG checksums); the full decode then catches a truncated file, even where
+    another library told PIL to tolerate those.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        problem = regular_file_problem(source)
+        if problem:
+            raise ImageLoadError(problem)
+        if os.path.getsize(source) == 0:
+            raise ImageLoadError("empty file (0 bytes)")
+        with open(source, "rb") as f:  # not read whole: PIL reads what the decode needs
+            return _decode(f, verify)
+    return _decode(source, verify)
+
+
+def _decode(f, verify: bool) -> tuple[Image.Image, dict]:
+    tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        start = f.tell() if f.seekable() else None
+        if start is None:  # a stream: keep what it gives, so it can be read twice
+            f, start = io.BytesIO(f.read()), 0
+        with warnings.catch_warnings():
+            # This module applies its own limit below; PIL's warning zone (89-179 MP) is quiet.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if verify:
+                with Image.open(f) as image:
+                    check_pixels(image.width, image.height)
+                    image.verify()
+                f.seek(start)
+            # Not `with Image.open`: closing would free the pixels, and a copy of a huge image
+            # would double the memory. The file itself is closed by the caller.
+            image = Image.open(f)
+            check_pixels(image.width, image.height)
+            facts = {"format": image.format, "width": image.width, "height": image.height,
+                     "mode": image.mode, "frames": getattr(image, "n_frames", 1)}
+            image.seek(0)
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # phone photos: rotation from EXIF
+            return to_rgb(image), facts
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as error:  # PIL's own check came first: same message
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else MAX_IMAGE_PIXELS
+        raise ImageLoadError(f"{pixels}, {LIMIT_ADVICE.format(limit=min(limit, MAX_IMAGE_PIXELS))}") \
+            from None
+    except Image.UnidentifiedImageError as error:
+        raise ImageLoadError("not an image (PIL cannot identify its format)") from error
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError, KeyError,
+            IndexError, struct.error) as error:  # truncated, broken chunks, odd headers
+        raise ImageLoadError(f"cannot be decoded ({type(error).__name__}: {error})") from error
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
+
+
+LIMIT_ADVICE = ("above the limit of {limit:,} (PIL's decompression-bomb limit): not decoded; "
+                "downscale it first, e.g. to 4,096 px on the long side")
+
+
+def check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageLoadError(f"{width * height:,} pixels ({width} x {height}), "
+                             + LIMIT_ADVICE.format(limit=MAX_IMAGE_PIXELS))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB by the rules in this module's docstring (16-bit and float scaled, transparency
+    over white)."""
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        grey = ((2 * values + 257) // 514).astype(np.uint8)  # value / 257, rounded half up
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        if values.size and values.max() <= 1.0:
+            values *= 255
+        np.rint(values, out=values)
+        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if mode == "RGB" else image.convert("RGB")
+
+
+def open_rgb(source) -> Image.Image:
+    """The RGB picture of `source` (a path or a binary file-like object); ImageLoadError names
+    the file and says what to do."""
+    try:
+        return decode_image(source)[0]
+    except ImageLoadError as error:
+        raise ImageLoadError(f"Cannot read image {describe(source)}: {error}. Remove or replace "
+                             "the file (split and predict list such files and leave them out).") \
+            from error
+
+
+def describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(Path(source))
+    return getattr(source, "name", None) or "(uploaded bytes)"
+
+
+# Formats that can hold several frames; JPEG, BMP and the rest are never looked at twice.
+MULTI_FRAME_SUFFIXES = (".gif", ".png", ".apng", ".webp", ".tif", ".tiff")
+
+
+def frame_count(path: str | os.PathLike) -> int:
+    """How many frames (or pages) a file holds, from its header where the format allows; 1 for
+    single-frame formats and for anything that cannot be read (its decode reports that)."""
+    if not str(path).lower().endswith(MULTI_FRAME_SUFFIXES) or regular_file_problem(path):
+        return 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                return int(getattr(image, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - a note only: the decode gives the real reason
+        return 1
+
+
+def warn_multi_frame(paths, stacklevel: int = 3) -> None:
+    """One warning listing the files whose first frame alone is used (and how many they hold)."""
+    notes = [f"{path}: {n} frames" for path in paths if (n := frame_count(path)) > 1]
+    if notes:
+        warnings.warn(f"{len(notes)} file(s) hold several frames (animation or pages); only the "
+                      "first frame of each is used:\n" + "\n".join(f"  {n}" for n in notes[:20])
+                      + (f"\n  ... and {len(notes) - 20} more" if len(notes) > 20 else ""),
+                      stacklevel=stacklevel)
+
