@@ -58,6 +58,12 @@ def try_open_image(path: str | os.PathLike) -> tuple[Image.Image | None, str | N
         data = Path(path).read_bytes()
     except OSError as error:
         return None, f"unreadable ({type(error).__name__}: {error.strerror or error})"
+    return try_decode_image(data)
+
+
+def try_decode_image(data: bytes) -> tuple[Image.Image | None, str | None]:
+    """`try_open_image` for bytes already in memory (an upload in the app): same rules, same words.
+    A multi-frame file (animated GIF/WebP/PNG, multi-page TIFF) gives its first frame."""
     if not data:
         return None, "empty file (0 bytes)"
     # As in split.check_image: verify() checks structure (PNG checksums), the full decode catches
