@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lab install benchmark clean-venv
+.PHONY: demo test lab install app benchmark clean-venv
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(BIN)/.installed-test: $(BIN)/.installed requirements-test.txt
 
 install: $(BIN)/.installed
 
+$(BIN)/.installed-app: $(BIN)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet --editable '.[app]'
+	touch $@
+
 # The demo uses ImageNet weights when they can be had and random init otherwise, and says which
 # in large letters (your own runs always name their weights). Its head learns at 3e-3 instead of
 # the default 1e-4: random-init features need larger steps, and epochs on cached features cost
@@ -30,12 +34,18 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -ra
 
+# The web app on the synthetic demo run (trained first, about a minute; reused after that):
+# http://127.0.0.1:8501. With your own run: .venv/bin/python -m deepfake_detector app --run RUN
+app: $(BIN)/.installed-app
+	$(BIN)/python -m deepfake_detector app --demo
+
 lab: $(BIN)/.installed
 	$(BIN)/jupyter lab notebooks/
 
 benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/gradcam_speed.py
+	$(BIN)/python benchmarks/app_speed.py
 
 clean-venv:
 	rm -rf $(VENV)

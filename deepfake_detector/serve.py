@@ -58,10 +58,11 @@ def server_environment() -> dict:
 
 
 def demo_run(root: str | os.PathLike = DEMO_ROOT, raw: str | os.PathLike = DEMO_RAW,
-             log=print) -> Path:
+             n_per_class: int | None = None, image_size: int | None = None, log=print) -> Path:
     """The synthetic demo run, trained as `make demo` trains it (ImageNet weights when on disk,
-    random init otherwise, and the run says which); a complete one from before is reused."""
-    from .demo_data import DEMO_IMAGE_SIZE, generate_demo_data
+    random init otherwise, and the run says which); a complete one from before is reused.
+    n_per_class and image_size default to the demo's (demo_data.DEMO_*)."""
+    from .demo_data import DEMO_IMAGE_SIZE, DEMO_N_PER_CLASS, generate_demo_data
     from .split import split_dataset
     from .train import TrainConfig, train
     root = Path(root)
@@ -69,15 +70,17 @@ def demo_run(root: str | os.PathLike = DEMO_ROOT, raw: str | os.PathLike = DEMO_
     if (run_dir / "report.md").is_file() and (run_dir / "checkpoint.pt").is_file():
         log(f"using the demo run trained before: {run_dir} (delete it to train again)")
         return run_dir
-    raw = generate_demo_data(raw, seed=0)
+    image_size = image_size or DEMO_IMAGE_SIZE
+    raw = generate_demo_data(raw, n_per_class=n_per_class or DEMO_N_PER_CLASS,
+                             image_size=image_size, seed=0)
     split_dataset(raw, root / "split", seed=0)
     log(f"training the demo run on the synthetic set in {raw} (about a minute on 2 cores) ...")
     # As `make demo`: the head's 3e-3 suits random-init features; early stopping ends it.
     config = TrainConfig(data_dir=str(root / "split"), out_dir=str(run_dir),
-                         weights="imagenet-or-none", img_size=DEMO_IMAGE_SIZE, lr=3e-3,
+                         weights="imagenet-or-none", img_size=image_size, lr=3e-3,
                          epochs=200, patience=5, seed=0,
                          overwrite=(run_dir / "config.json").is_file())  # an interrupted demo run
-    return train(config)
+    return train(config, log_to_console=log is print)
 
 
 def serve_app(run_dir=None, host: str = "127.0.0.1", port: int = 8501, demo: bool = False,
