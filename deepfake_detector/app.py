@@ -13,6 +13,7 @@ import os
 import sys
 
 import streamlit as st
+import torch
 
 from deepfake_detector import uploads
 from deepfake_detector.inference import load_run
@@ -32,6 +33,8 @@ def run_dir_from_command_line() -> str | None:
 def load(run_dir: str):
     """(model, checkpoint, model card): once per process and run, shared by every session."""
     model, checkpoint = load_run(run_dir)
+    if next(model.parameters()).device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(uploads.interactive_cpu_threads())
     return model, checkpoint, uploads.model_card(run_dir, checkpoint)
 
 
@@ -101,9 +104,11 @@ def show(result: uploads.ExplainedUpload, key: str) -> None:
     opacity = controls.slider("Heat-map opacity", 0.0, 1.0, 0.5, 0.05, key=f"opacity-{key}")
     left, right = st.columns(2)
     width, height = result.original_size
-    left.image(result.preview, output_format="PNG", alt=f"{result.name}: the uploaded image",
+    # PNG bytes made by us (encoded once, or quickly): st.image would re-encode a picture on
+    # every rerun, and a switch of target is a rerun.
+    left.image(result.preview_png, alt=f"{result.name}: the uploaded image",
                caption=f"uploaded: {width} x {height} px")
-    right.image(uploads.overlay_image(result, target, opacity, preview=True), output_format="PNG",
+    right.image(uploads.png_bytes(uploads.overlay_image(result, target, opacity, preview=True)),
                 alt=f"{result.name}: Grad-CAM overlay, target {target}",
                 caption=f"Grad-CAM: where the model saw evidence for “{target}”")
     left_button, right_button = st.columns(2)

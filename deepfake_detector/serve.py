@@ -38,12 +38,14 @@ def check_run(run_dir: str | os.PathLike) -> Path:
 def streamlit_command(run_dir: str | os.PathLike, host: str = "127.0.0.1",
                       port: int = 8501) -> list[str]:
     """argv of the server: localhost unless told otherwise, no usage statistics, no file
-    watcher, the upload limit, no browser opened; the run after `--`, for app.py."""
+    watcher, the upload limit, no browser opened, no deploy button; the run after `--`, for
+    app.py."""
     from .uploads import MAX_UPLOAD_MB
     return [sys.executable, "-m", "streamlit", "run", str(APP_PAGE),
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--server.fileWatcherType", "none",
+            "--client.toolbarMode", "minimal",  # no "Deploy" button: this is a local tool
             "--", "--run", str(run_dir)]
 
 

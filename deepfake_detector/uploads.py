@@ -74,6 +74,7 @@ class ExplainedUpload:
     n_frames: int = 1
     image: Image.Image | None = None     # RGB (first frame), at most KEEP_MAX_SIDE on a side
     preview: Image.Image | None = None   # the same, at most PREVIEW_MAX_SIDE on a side
+    preview_png: bytes | None = None     # the preview as PNG, encoded once for the page
     probability: float | None = None     # P(fake)
     logit: float | None = None
     threshold: float | None = None       # the verdict's threshold (the run's, chosen on val)
@@ -213,6 +214,7 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
                 pixels.append(to_pixels(result.image))
                 result.image = shrunk(result.image, KEEP_MAX_SIDE)
                 result.preview = shrunk(result.image, PREVIEW_MAX_SIDE)
+                result.preview_png = png_bytes(result.preview)
             batch.append(result)
         good = [r for r in batch if r.ok]
         if good:
@@ -250,11 +252,24 @@ def overlay_image(result: ExplainedUpload, target: str | None = None, opacity: f
 
 
 def png_bytes(array_or_image) -> bytes:
+    """Lossless, and quick: zlib level 1 writes a 1 MP overlay several times faster than PIL's
+    default level 6, for a file about a fifth larger."""
     image = array_or_image if isinstance(array_or_image, Image.Image) \
         else Image.fromarray(array_or_image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def interactive_cpu_threads() -> int:
+    """Threads for the model in an interactive server on the CPU: half the cores, at least one.
+
+    One image at a time gains little from many threads, and the server shares the machine with
+    the browser and whatever else runs: an OpenMP thread that waits for a busy core stalls the
+    whole pass. Measured on this project's 2-core machine while other processes kept it busy:
+    one forward pass of one 224 px image took 1.6-2.0 s with 2 threads, 0.17 s with 1
+    (benchmarks/README.md, app). OMP_NUM_THREADS, when set, wins (the caller checks)."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 def overlay_png(result: ExplainedUpload, target: str | None = None, opacity: float = 0.5) -> bytes:
