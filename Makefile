@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lab install benchmark clean-venv
+.PHONY: demo test lab install app benchmark clean-venv
 
 # pyproject.toml declares the dependencies (with ranges) and the extras; constraints.txt pins the
 # exact versions this project is tested with.
@@ -20,6 +20,10 @@ $(BIN)/.installed-test: $(BIN)/.installed
 	$(PIP_INSTALL) --editable ".[test]"
 	touch $@
 
+$(BIN)/.installed-app: $(BIN)/.installed
+	$(PIP_INSTALL) --editable ".[app]"
+	touch $@
+
 install: $(BIN)/.installed
 
 # The demo uses ImageNet weights when they can be had and random init otherwise, and says which
@@ -33,6 +37,11 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -ra
 
+# The web app on the synthetic demo run (trained first, about a minute; reused after that):
+# http://127.0.0.1:8501. With your own run: .venv/bin/python -m deepfake_detector app --run RUN
+app: $(BIN)/.installed-app
+	$(BIN)/python -m deepfake_detector app --demo
+
 # JupyterLab with ipywidgets: the threshold slider, image browser and upload box work live.
 lab: $(BIN)/.installed
 	$(BIN)/jupyter lab notebooks/deepfake_detector.ipynb
@@ -40,6 +49,7 @@ lab: $(BIN)/.installed
 benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/gradcam_speed.py
+	$(BIN)/python benchmarks/app_speed.py
 
 clean-venv:
 	rm -rf $(VENV)

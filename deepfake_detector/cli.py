@@ -9,6 +9,7 @@
     python -m deepfake_detector robustness --run outputs/runs/r1 --data data --split val
     python -m deepfake_detector cross-eval --run outputs/runs/r1 --data other_dataset/ --name other
     python -m deepfake_detector finetune   --run outputs/runs/r1 --lr 1e-5
+    python -m deepfake_detector app        --run outputs/runs/r1   (needs the [app] extra)
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from .serve import MissingExtraError
 
 
 def positive_int(text: str) -> int:
@@ -184,6 +187,16 @@ def add_finetune(commands):
     p.add_argument("--num-workers", type=int, default=None)
 
 
+def add_app(commands):
+    p = commands.add_parser("app", help="a web page: upload images, see verdict, P(fake), Grad-CAM")
+    p.add_argument("--run", default=None, help="the run to serve (required unless --demo)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--demo", action="store_true",
+                   help="without --run: first train the synthetic demo run (about a minute)")
+
+
 def run(args) -> object:
     if args.command == "split":
         from .split import split_dataset
@@ -268,6 +281,9 @@ def run(args) -> object:
                               device=args.device, num_workers=args.num_workers)
         print(f"phase 2 run in {out}; both phases in {Path(out) / 'tables' / 'phases.md'}")
         return out
+    if args.command == "app":
+        from .serve import serve_app
+        return serve_app(args.run, args.host, args.port, args.demo)  # replaces this process
     raise AssertionError(args.command)
 
 
@@ -282,12 +298,12 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (add_split, add_train, add_evaluate, add_predict, add_gradcam, add_demo_data,
-                add_notebook, add_audit, add_robustness, add_cross_eval, add_finetune):
+                add_notebook, add_audit, add_robustness, add_cross_eval, add_finetune, add_app):
         add(commands)
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, MissingExtraError) as error:
         # Errors of the user's data or choices: one clear message, not a traceback.
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ and to copy to a GPU, and it arrives already in the channels-last layout the mod
 from __future__ import annotations
 
 import functools
+import io
 import os
 from pathlib import Path
 
@@ -47,6 +48,17 @@ def try_open_image(path: str | os.PathLike) -> tuple[Image.Image | None, str | N
     the file is checked and decoded in the one read, so unreadable files are skipped on the way."""
     try:
         return decode_image(path)[0], None
+    except ImageLoadError as error:
+        return None, str(error)
+
+
+def try_decode_image(data: bytes) -> tuple[Image.Image | None, str | None]:
+    """`try_open_image` for bytes already in memory (an upload in the app): same rules, same words.
+    A multi-frame file (animated GIF/WebP/PNG, multi-page TIFF) gives its first frame."""
+    if not data:
+        return None, "empty file (0 bytes)"
+    try:
+        return decode_image(io.BytesIO(data))[0], None
     except ImageLoadError as error:
         return None, str(error)
 

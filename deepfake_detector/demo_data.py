@@ -261,6 +261,25 @@ def read_generation(out_dir: Path) -> dict | None:
         return None
 
 
+def synthetic_origin(data_dir: str | os.PathLike) -> dict | None:
+    """What a run trained on `data_dir` needs to know to say SYNTHETIC DATA: the generation's
+    record ({raw_dir, generator, generator_version, seed, n_per_class, image_size}) when data_dir
+    is this synthetic set or a split made from it (its split.json names the raw folder), else None.
+    Training records it in config.json, so the run keeps knowing after the data are gone."""
+    data_dir = Path(data_dir)
+    folders = [data_dir]
+    try:
+        folders.append(Path(json.loads((data_dir / "split.json").read_text())["settings"]["raw_dir"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not a split (or not one made by split_dataset): only the folder itself counts
+    for folder in folders:
+        generation = read_generation(folder)
+        if isinstance(generation, dict) and generation.get("synthetic"):
+            keys = ("generator", "generator_version", "seed", "n_per_class", "image_size")
+            return {"raw_dir": str(folder), **{key: generation.get(key) for key in keys}}
+    return None
+
+
 def check_can_write(out_dir: Path) -> None:
     """Raise DemoDataError unless out_dir is missing, empty, or holds no images and none of the
     names the generation writes."""

@@ -139,6 +139,29 @@ def raw_grad_cam(model: nn.Module, images: torch.Tensor, target="predicted",
     return maps, logits.detach(), targets
 
 
+def raw_grad_cam_both(model: nn.Module, images: torch.Tensor, layer: nn.Module | None = None
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The raw maps for both targets from one forward and one backward pass:
+    ({"fake": (N, h, w), "real": (N, h, w)}, logits (N,)), each map equal to raw_grad_cam's.
+
+    With one logit, "real"'s score is minus "fake"'s, so are its gradients and its channel
+    weights: with S = sum_k alpha_k A_k (alpha from the logit), cam_fake = ReLU(S) and
+    cam_real = ReLU(-S). The app uses this: a switch of target costs no second pass.
+    """
+    if model.training:
+        raise ValueError("Grad-CAM needs the model in eval mode: call model.eval().")
+    layer = model.layer4[-1] if layer is None else layer
+    images = images.to(next(model.parameters()).device)
+    images = images.unsqueeze(0) if images.dim() == 3 else images
+    with torch.inference_mode(False), torch.enable_grad(), CutAtLayer(layer) as cut:
+        if images.is_inference():
+            images = images.clone()
+        logits = model(images).reshape(-1)
+        (gradients,) = torch.autograd.grad(logits.sum(), cut.activations)
+    evidence = (gradients.mean(dim=(2, 3), keepdim=True) * cut.activations.detach()).sum(dim=1)
+    return {"fake": torch.relu(evidence), "real": torch.relu(-evidence)}, logits.detach()
+
+
 def min_max(cam: np.ndarray) -> np.ndarray:
     """One map to [0, 1], as pytorch-grad-cam's scale_cam_image does it (all-zero stays 0)."""
     cam = cam - np.min(cam)

@@ -75,6 +75,14 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     return model.to(pick_device(device)).eval(), checkpoint
 
 
+def decision_threshold(checkpoint: dict) -> float:
+    """The threshold a verdict ("fake" when P(fake) >= it) uses: the one the run chose on its
+    validation split (`val_threshold`), or 0.5 for a checkpoint that has none. Predict's
+    predicted_label and the app's verdict both come from here."""
+    value = checkpoint.get("val_threshold")
+    return float(checkpoint.get("threshold", 0.5) if value is None else value)
+
+
 def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
                        num_workers: int | None = None, desc: str = "predict",
                        failures: list | None = None):
@@ -171,7 +179,8 @@ def image_ids(paths: list[Path], roots: list[Path]) -> list[str]:
 def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
                      num_workers: int | None = None):
     """Yield {"image_id", "prediction" (P(fake)), "predicted_label", "path"} for every readable
-    image in `paths` (files or folders), in order, a batch at a time.
+    image in `paths` (files or folders), in order, a batch at a time. predicted_label is the
+    verdict at the run's `decision_threshold` (the one chosen on val).
 
     Each file is decoded once: checked and predicted in the same read. The unreadable are skipped
     and listed in one warning at the end. Nothing but the list of file names grows with the number
@@ -180,7 +189,7 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
     model, checkpoint = load_run(run_dir, device)
     files = list_images(paths)
     ids = image_ids(files, [Path(p) for p in paths])
-    threshold = checkpoint.get("threshold", 0.5)
+    threshold = decision_threshold(checkpoint)
     failures, n_predicted = [], 0
     for indices, probabilities in iter_probabilities(
             model, [(f, -1) for f in files], checkpoint["img_size"], checkpoint["mean"],

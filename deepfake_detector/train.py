@@ -17,6 +17,7 @@ import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from .progress import tqdm
 
 from . import CLASS_TO_IDX, __version__
 from .audit import AuditWarning, audit_split
+from .demo_data import synthetic_origin
 from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
     train_transform
 from .features import cached_features, channels_last
@@ -461,7 +463,12 @@ def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, hi
         "versions": library_versions(),
     }
     torch.save(checkpoint, run_dir / "checkpoint.pt")
+    # synthetic_data: the demo set's record when the run was trained on it (None otherwise), so
+    # every later view of the run (report, app) can say SYNTHETIC DATA without the data at hand.
     write_json(run_dir / "config.json", {**asdict(config), "weights_record": weights_record,
+                                         "synthetic_data": synthetic_origin(config.data_dir),
+                                         "trained_at": datetime.now(timezone.utc).isoformat(
+                                             timespec="seconds"),
                                          "versions": library_versions(),
                                          "train_seconds": train_seconds, "best_epoch": best_epoch})
     write_json(run_dir / "history.json", history)

@@ -70,3 +70,17 @@ def trained_run(tmp_path_factory, split_data) -> Path:
     config = TrainConfig(data_dir=str(split_data), out_dir=str(out), weights="none", img_size=32,
                          epochs=60, lr=1e-2, patience=5, cache_dir="", num_workers=0)
     return train(config, log_to_console=False)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A small run on the synthetic demo set (random init, 32 px): the SYNTHETIC DATA case."""
+    from deepfake_detector.demo_data import generate_demo_data
+    from deepfake_detector.split import split_dataset
+    from deepfake_detector.train import TrainConfig, train
+    root = tmp_path_factory.mktemp("demo")
+    raw = generate_demo_data(root / "raw", n_per_class=16, image_size=32, seed=0)
+    split_dataset(raw, root / "split", seed=0)
+    config = TrainConfig(data_dir=str(root / "split"), out_dir=str(root / "run"), weights="none",
+                         img_size=32, epochs=30, lr=1e-2, patience=5, cache_dir="", num_workers=0)
+    return train(config, log_to_console=False)

@@ -1,0 +1,361 @@
+"""Uploaded images, explained: bytes in memory -> verdict, P(fake), confidence band, Grad-CAM.
+
+Everything the web app (`app.py`, `python -m deepfake_detector app`) shows comes from the plain
+functions here, so a notebook's upload widget, a test or a script can call them just the same:
+
+    model, checkpoint = inference.load_run(run_dir)
+    results = explain_uploads(model, checkpoint, [(file_name, data_bytes), ...])
+    for r in results:
+        r.error                               # a sentence naming the file and what to do, or None
+        r.verdict, r.probability, r.band      # at the run's val-chosen threshold
+        overlay_image(r, "fake", opacity=0.5) # any target or opacity, without another pass
+        overlay_png(r, ...), prediction_row_json(r)   # what the download buttons give
+    model_card(run_dir, checkpoint)           # what the sidebar shows
+
+Uploads never touch the disk: each is decoded from its bytes by the project's own opener
+(`data.try_decode_image`: predict's rules and words, first frame of a multi-frame file), after a
+look at the header alone refuses files too large to decode. Prediction and Grad-CAM share one
+forward pass per batch of uploads, and that pass gives the maps for both targets (fake and
+real), so switching target or opacity later costs a resize and a blend, never the model.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import normalize_batch, try_decode_image, uint8_transform
+from .gradcam import overlay, raw_grad_cam_both, scale_cams
+from .inference import decision_threshold
+
+# A photo from a phone is 2-12 MB as JPEG, a 50 MP one 15-20 MB. A PNG screenshot of 4K is about
+# 10 MB. More than 20 MB per file is rarely a photograph and costs memory on a shared machine.
+MAX_UPLOAD_MB = 20
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024  # Streamlit's megabyte (server.maxUploadSize)
+# 50 MP covers the largest common camera sensors (48-50 MP). A file can claim far more in a few
+# bytes (a PNG of one colour compresses 1000x): decoded, 50 MP is 150 MB of RGB, so the header is
+# checked before any pixel is decoded.
+MAX_PIXELS = 50_000_000
+# What is kept of each image for the overlays. The model sees img_size x img_size pixels and the
+# map has layer4's resolution (7 x 7 at 224 px): a larger overlay adds no information.
+KEEP_MAX_SIDE = 2048
+PREVIEW_MAX_SIDE = 640  # what the page shows beside the overlay
+# The confidence band's edges on P(fake): "confident" only beyond them, and only on the side of
+# the verdict; everything between is "uncertain".
+CONFIDENT_BELOW, CONFIDENT_ABOVE = 0.2, 0.8
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
+TARGETS = ("fake", "real")
+
+# What to do, per kind of failure (the first words of try_decode_image's reasons).
+ADVICE = {
+    "empty file": "Upload the file again: this copy holds no data.",
+    "not an image": "Upload a JPEG, PNG, WebP, BMP, TIFF or GIF image.",
+    "cannot be decoded": "The file is damaged or cut short (truncated): export or download it "
+                         "again.",
+}
+
+
+@dataclass
+class ExplainedUpload:
+    """One upload after the pass: what the page shows, or why it could not be read."""
+    name: str                        # the file name as uploaded
+    image_id: str                    # the name in prediction rows (unique within one call)
+    error: str | None = None         # a sentence naming the file and saying what to do
+    notes: list[str] = field(default_factory=list)  # e.g. "animated GIF: first frame used"
+    original_size: tuple[int, int] | None = None    # (width, height) of the file
+    n_frames: int = 1
+    image: Image.Image | None = None     # RGB (first frame), at most KEEP_MAX_SIDE on a side
+    preview: Image.Image | None = None   # the same, at most PREVIEW_MAX_SIDE on a side
+    preview_png: bytes | None = None     # the preview as PNG, encoded once for the page
+    probability: float | None = None     # P(fake)
+    logit: float | None = None
+    threshold: float | None = None       # the verdict's threshold (the run's, chosen on val)
+    verdict: str | None = None           # "fake" or "real"
+    band: str | None = None              # "confident" or "uncertain"
+    raw_cams: dict[str, np.ndarray] = field(default_factory=dict)  # target -> layer4-grid map
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Verdict and confidence
+
+def verdict_of(probability: float, threshold: float) -> str:
+    """"fake" when P(fake) >= threshold (the project's one convention), else "real"."""
+    return "fake" if probability >= threshold else "real"
+
+
+def confidence_band(probability: float, threshold: float, below: float = CONFIDENT_BELOW,
+                    above: float = CONFIDENT_ABOVE) -> str:
+    """"confident" when P(fake) < below and the verdict is real, or P(fake) >= above and the
+    verdict is fake; "uncertain" otherwise (a threshold outside [below, above] can make a verdict
+    whose P(fake) lies beyond an edge on the other side: that is uncertain too)."""
+    verdict = verdict_of(probability, threshold)
+    if (verdict == "real" and probability < below) or (verdict == "fake" and probability >= above):
+        return "confident"
+    return "uncertain"
+
+
+def band_edges_text(below: float = CONFIDENT_BELOW, above: float = CONFIDENT_ABOVE) -> str:
+    return (f"confident: P(fake) under {below:g} with verdict real, or at least {above:g} with "
+            f"verdict fake; uncertain otherwise")
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding, in memory
+
+def image_header(data: bytes) -> tuple[str | None, tuple[int, int], int]:
+    """(format, (width, height), number of frames) from the header alone: no pixel is decoded.
+    Raises what PIL raises for a file it cannot identify (or one far beyond its own bomb limit)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.format, image.size, int(getattr(image, "n_frames", 1) or 1)
+
+
+def megapixels(size: tuple[int, int]) -> str:
+    return f"{size[0] * size[1] / 1e6:.0f}" if size[0] * size[1] >= 1e7 else \
+        f"{size[0] * size[1] / 1e6:.1f}"
+
+
+def decode_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES,
+                  max_pixels: int = MAX_PIXELS) -> ExplainedUpload:
+    """An ExplainedUpload holding the decoded RGB image (first frame) and notes, or the error."""
+    result = ExplainedUpload(name=name, image_id=name)
+    if len(data) > max_bytes:
+        result.error = (f"{name}: {len(data) / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB "
+                        "upload limit. Downscale or re-compress it first.")
+        return result
+    if data:
+        try:
+            fmt, size, result.n_frames = image_header(data)
+        except Image.DecompressionBombError as error:
+            result.error = (f"{name}: huge dimensions ({error}). This app takes images up to "
+                            f"{max_pixels / 1e6:g} megapixels: downscale it first (the model sees "
+                            "a few hundred pixels a side anyway).")
+            return result
+        except Exception:  # not an image, or a broken one: the decoder below says which, in words
+            fmt, size = None, None
+        if size is not None:
+            result.original_size = size
+            if size[0] * size[1] > max_pixels:
+                result.error = (f"{name}: {size[0]} x {size[1]} pixels ({megapixels(size)} "
+                                f"megapixels), over this app's limit of {max_pixels / 1e6:g} "
+                                "megapixels. Downscale it first (the model sees a few hundred "
+                                "pixels a side anyway).")
+                return result
+    image, reason = try_decode_image(data)
+    if image is None:
+        advice = next((text for start, text in ADVICE.items() if reason.startswith(start)), "")
+        result.error = f"{name}: {reason}. {advice}".strip()
+        return result
+    result.image = image
+    result.original_size = image.size
+    if result.n_frames > 1:
+        result.notes.append(f"{name} holds {result.n_frames} frames ({fmt or 'multi-frame'}): "
+                            "the first frame was used, as predict, training and the notebook do.")
+    return result
+
+
+def shrunk(image: Image.Image, max_side: int) -> Image.Image:
+    if max(image.size) <= max_side:
+        return image
+    image = image.copy()
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def unique_ids(names: Sequence[str]) -> list[str]:
+    """File names as image ids; a name uploaded twice gets " (2)", " (3)" ... after its stem."""
+    seen, ids = {}, []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] == 1:
+            ids.append(name)
+        else:
+            stem, suffix = os.path.splitext(name)
+            ids.append(f"{stem} ({seen[name]}){suffix}")
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------
+# The pass
+
+def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[tuple[str, bytes]],
+                    batch_size: int = 16, max_bytes: int = MAX_UPLOAD_BYTES,
+                    max_pixels: int = MAX_PIXELS) -> list[ExplainedUpload]:
+    """Verdict, P(fake), confidence band and Grad-CAM maps (both targets) for each
+    (file name, bytes), in order. Bad files get `error` and the rest still go through.
+
+    The model input is made exactly as predict makes it (resize to the run's img_size, the same
+    uint8 -> normalised steps), so P(fake) is predict's P(fake) for the same file. One forward
+    and one backward pass per batch of `batch_size` images; only a batch is decoded at a time.
+    """
+    img_size, mean, std = checkpoint["img_size"], checkpoint["mean"], checkpoint["std"]
+    threshold = decision_threshold(checkpoint)
+    to_pixels = uint8_transform(img_size)
+    device = next(model.parameters()).device
+    ids = unique_ids([name for name, _ in uploads])
+    results = []
+    for start in range(0, len(uploads), batch_size):
+        batch, pixels = [], []
+        for k, (name, data) in enumerate(uploads[start:start + batch_size]):
+            result = decode_upload(name, data, max_bytes, max_pixels)
+            result.image_id = ids[start + k]
+            if result.ok:  # the model's input from the full image, then only a bounded copy kept
+                pixels.append(to_pixels(result.image))
+                result.image = shrunk(result.image, KEEP_MAX_SIDE)
+                result.preview = shrunk(result.image, PREVIEW_MAX_SIDE)
+                result.preview_png = png_bytes(result.preview)
+            batch.append(result)
+        good = [r for r in batch if r.ok]
+        if good:
+            maps, logits = raw_grad_cam_both(
+                model, normalize_batch(torch.stack(pixels), mean, std, device))
+            maps = {t: m.float().cpu().numpy() for t, m in maps.items()}
+            logits = logits.float().cpu()
+            probabilities = torch.sigmoid(logits).numpy()
+            for k, result in enumerate(good):
+                result.logit, result.probability = float(logits[k]), float(probabilities[k])
+                result.threshold = threshold
+                result.verdict = verdict_of(result.probability, threshold)
+                result.band = confidence_band(result.probability, threshold)
+                result.raw_cams = {t: maps[t][k] for t in TARGETS}
+        results += batch
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Pictures and downloads
+
+def overlay_image(result: ExplainedUpload, target: str | None = None, opacity: float = 0.5,
+                  preview: bool = False) -> np.ndarray:
+    """The Grad-CAM overlay (uint8 RGB) for `target` ("fake" or "real"; default the verdict),
+    the heat map blended in at `opacity` (0: the image alone, 1: the map alone), at the kept
+    image's size or, with preview, at the preview's."""
+    target = target or result.verdict
+    if target not in TARGETS:
+        raise ValueError(f"Grad-CAM target must be one of {TARGETS}, not {target!r}.")
+    if not 0 <= opacity <= 1:
+        raise ValueError(f"opacity must lie in [0, 1], not {opacity}.")
+    image = result.preview if preview else result.image
+    cam = scale_cams(result.raw_cams[target][None], (image.height, image.width))[0]
+    return overlay(image, cam, image_weight=1 - opacity)
+
+
+def png_bytes(array_or_image) -> bytes:
+    """Lossless, and quick: zlib level 1 writes a 1 MP overlay several times faster than PIL's
+    default level 6, for a file about a fifth larger."""
+    image = array_or_image if isinstance(array_or_image, Image.Image) \
+        else Image.fromarray(array_or_image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def interactive_cpu_threads() -> int:
+    """Threads for the model in an interactive server on the CPU: half the cores, at least one.
+
+    One image at a time gains little from many threads, and the server shares the machine with
+    the browser and whatever else runs: an OpenMP thread that waits for a busy core stalls the
+    whole pass. Measured on this project's 2-core machine while other processes kept it busy:
+    one forward pass of one 224 px image took 1.6-2.0 s with 2 threads, 0.17 s with 1
+    (benchmarks/README.md, app). OMP_NUM_THREADS, when set, wins (the caller checks)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def overlay_png(result: ExplainedUpload, target: str | None = None, opacity: float = 0.5) -> bytes:
+    """The overlay as a PNG file's bytes (at most KEEP_MAX_SIDE pixels a side)."""
+    return png_bytes(overlay_image(result, target, opacity))
+
+
+def overlay_file_name(result: ExplainedUpload, target: str | None = None) -> str:
+    return f"{Path(result.image_id).stem}__gradcam_{target or result.verdict}.png"
+
+
+def prediction_row(result: ExplainedUpload) -> dict:
+    """The {image_id, prediction} row predict writes for this image."""
+    return {"image_id": result.image_id, "prediction": result.probability}
+
+
+def prediction_row_json(result: ExplainedUpload) -> str:
+    """The JSON predict prints for this one image: `[{"image_id": ..., "prediction": ...}]`."""
+    from .evaluate import write_prediction_rows
+    buffer = io.StringIO()
+    write_prediction_rows([prediction_row(result)], buffer, "json")
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+# The model card
+
+def read_json(path: Path):
+    """The parsed file; None when absent; {"unreadable": why} when it cannot be parsed."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return {"unreadable": f"{path.name}: {error}"}
+
+
+def metric_rows(metrics: dict | None) -> list[dict]:
+    """(metric, value, 95% CI) rows of the val metrics the card shows."""
+    if not isinstance(metrics, dict) or "unreadable" in metrics:
+        return []
+    ci = metrics.get("ci") or {}
+    rows = [("Images", metrics.get("n_images"), None),
+            (f"Accuracy at {metrics.get('threshold', 0.5):g}", metrics.get("accuracy"),
+             ci.get("accuracy"))]
+    if metrics.get("val_threshold") is not None:
+        rows.append((f"Accuracy at the val threshold {metrics['val_threshold']:.3f}",
+                     metrics.get("accuracy_at_val_threshold"), None))
+    rows += [("ROC-AUC", metrics.get("roc_auc"), ci.get("roc_auc")),
+             ("Average precision", metrics.get("average_precision"),
+              ci.get("average_precision")),
+             ("Balanced accuracy", metrics.get("balanced_accuracy"), None)]
+    return [{"metric": m, "value": v, "95% CI": c} for m, v, c in rows if v is not None]
+
+
+def model_card(run_dir: str | os.PathLike, checkpoint: dict) -> dict:
+    """What the run says about itself, for the sidebar: weights (and whether random init), the
+    synthetic-data record, training data counts, val metrics with 95% CIs, the verdict's
+    threshold, image size, date, cross-dataset rows."""
+    from .demo_data import synthetic_origin
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json") or {}
+    weights = checkpoint.get("weights") or config.get("weights_record") or {}
+    synthetic = config.get("synthetic_data")
+    if "synthetic_data" not in config and config.get("data_dir"):  # runs from before the record
+        synthetic = synthetic_origin(config["data_dir"])
+    trained_at = config.get("trained_at")
+    if not trained_at and (run_dir / "checkpoint.pt").is_file():
+        trained_at = datetime.fromtimestamp((run_dir / "checkpoint.pt").stat().st_mtime,
+                                            timezone.utc).isoformat(timespec="seconds")
+    has_val_threshold = checkpoint.get("val_threshold") is not None
+    cross = read_json(run_dir / "cross_dataset.json")
+    return {
+        "run_dir": str(run_dir),
+        "weights": weights,
+        "random_init": weights.get("pretrained") is False,
+        "synthetic": synthetic,
+        "data_dir": config.get("data_dir"),
+        "data_counts": read_json(run_dir / "data_counts.json"),
+        "val_metrics": metric_rows(read_json(run_dir / "metrics_val.json")),
+        "threshold": decision_threshold(checkpoint),
+        "threshold_source": ("chosen on the validation split (maximum balanced accuracy)"
+                             if has_val_threshold else
+                             "0.5: this run has no threshold chosen on val"),
+        "img_size": checkpoint.get("img_size"),
+        "trained_at": trained_at,
+        "best_epoch": checkpoint.get("best_epoch"),
+        "cross_dataset": cross if isinstance(cross, list) else [],
+    }
