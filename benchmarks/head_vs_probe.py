@@ -26,6 +26,7 @@ RECIPES = {
         lr=1e-4, epochs=50, patience=5, lr_plateau_patience=0, standardize=False),
     "seed, run to convergence (the issue's --lr 3e-3 --epochs 500 --patience 20)": dict(
         lr=3e-3, epochs=500, patience=20, lr_plateau_patience=0, standardize=False),
+    "default at --lr 1e-2": dict(lr=1e-2),
     "--lr find": dict(lr="find"),
 }
 
@@ -44,8 +45,8 @@ def main(argv=None) -> None:
     parser.add_argument("--weights", default="none")
     parser.add_argument("--cache-dir", default="outputs/cache")
     parser.add_argument("--out", default=None, help="where the runs go (default: a temp folder)")
-    parser.add_argument("--recipes", nargs="*", default=list(RECIPES),
-                        help="names from RECIPES (default: all)")
+    parser.add_argument("--recipes", nargs="*", default=[*list(RECIPES)[:2], "--lr find"],
+                        help="names from RECIPES (default: default, seed, --lr find)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
 

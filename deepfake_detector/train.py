@@ -8,7 +8,7 @@ same order from the same seed, so they end in the same head.
 
 The default recipe converges (measured on CIFAKE and the synthetic set; see the README): the head
 learns on features standardised with train-split statistics (folded back into its weights at the
-end, so the saved head is still one nn.Linear(512, 1) on raw features), at Adam 1e-2, with the
+end, so the saved head is still one nn.Linear(512, 1) on raw features), at Adam 3e-3, with the
 rate cut tenfold when the val loss stalls, and early stopping, not the epoch budget, ends it. Every
 run also fits a logistic-regression probe on the same features (probe.py): the ceiling a linear
 head can reach, reported beside the head.
@@ -61,7 +61,7 @@ class TrainConfig:
     epochs: int | None = None           # budget; None: 500 on cached features (early stopping
                                         # ends training, an epoch costs ms), 50 on the plain loop
     batch_size: int = 32
-    lr: float | str = 1e-2              # Adam on standardised features; "find": lr_find's suggestion
+    lr: float | str = 3e-3              # Adam on standardised features; "find": lr_find's suggestion
     weight_decay: float = 0.0
     patience: int = 10                  # epochs without val-loss improvement before stopping
     min_delta: float = 1e-4             # what counts as an improvement of the val loss
