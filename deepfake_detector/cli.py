@@ -9,6 +9,7 @@
     python -m deepfake_detector robustness --run outputs/runs/r1 --data data --split val
     python -m deepfake_detector cross-eval --run outputs/runs/r1 --data other_dataset/ --name other
     python -m deepfake_detector finetune   --run outputs/runs/r1 --lr 1e-5
+    python -m deepfake_detector lr-find    --data data --weights imagenet --out outputs/lr_find
     python -m deepfake_detector app        --run outputs/runs/r1   (needs the [app] extra)
 """
 from __future__ import annotations
@@ -68,12 +69,21 @@ def add_train(commands):
     p.add_argument("--out", default=d.out_dir, help="run directory (default outputs/runs/<time>)")
     p.add_argument("--weights", required=True,
                    help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
-    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs,
+                   help="epoch budget (default 500 on cached features, 50 with --no-feature-cache)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=positive_float_or_find, default=d.lr)
+    p.add_argument("--lr", type=positive_float_or_find, default=d.lr,
+                   help=f'Adam\'s rate (default {d.lr:g}), or "find": the lr finder\'s suggestion')
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--patience", type=positive_int, default=d.patience)
     p.add_argument("--min-delta", type=float, default=d.min_delta)
+    p.add_argument("--lr-plateau-patience", type=int, default=d.lr_plateau_patience,
+                   help="stalled epochs before the rate is cut (0: constant rate)")
+    p.add_argument("--lr-plateau-factor", type=float, default=d.lr_plateau_factor)
+    p.add_argument("--no-standardize", action="store_true",
+                   help="train on raw features (the seed recipe: --lr 1e-4 --epochs 50 --patience 5 "
+                        "--lr-plateau-patience 0 --no-standardize)")
+    p.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe")
     p.add_argument("--img-size", type=positive_int, default=d.img_size)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--augment", action="store_true", help="flip, colour jitter, small rotation")
@@ -85,6 +95,21 @@ def add_train(commands):
     p.add_argument("--device", default=d.device)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
+def add_lr_find(commands):
+    p = commands.add_parser("lr-find", help="sweep the head's learning rate on cached features")
+    p.add_argument("--data", default="data", help="folder with train/ (and val/)")
+    p.add_argument("--weights", required=True,
+                   help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
+    p.add_argument("--out", default="outputs/lr_find", help="folder for lr_find.{json,png,pdf}")
+    p.add_argument("--img-size", type=positive_int, default=224)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--no-standardize", action="store_true", help="sweep on raw features")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default="outputs/cache", help='feature cache ("" for none)')
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=None)
 
 
 def add_evaluate(commands):
@@ -212,10 +237,20 @@ def run(args) -> object:
             data_dir=args.data, out_dir=args.out, weights=args.weights, img_size=args.img_size,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, patience=args.patience, min_delta=args.min_delta,
-            seed=args.seed, augment=args.augment, augment_views=args.augment_views,
+            lr_plateau_patience=args.lr_plateau_patience, lr_plateau_factor=args.lr_plateau_factor,
+            standardize=not args.no_standardize, probe=not args.no_probe, seed=args.seed, augment=args.augment, augment_views=args.augment_views,
             cache_features=not args.no_feature_cache, cache_dir=args.cache_dir,
             device=args.device, num_workers=args.num_workers, overwrite=args.overwrite)
         return train(config)
+    if args.command == "lr-find":
+        from .lr_find import lr_find_on_data
+        result = lr_find_on_data(args.data, args.weights, args.out, img_size=args.img_size,
+                                 batch_size=args.batch_size, standardize=not args.no_standardize,
+                                 seed=args.seed, cache_dir=args.cache_dir, device=args.device,
+                                 num_workers=args.num_workers)
+        print(f"suggested learning rate {result.suggestion:.3g} (lowest loss at "
+              f"{result.min_loss_lr:.3g}); sweep and plot in {args.out}")
+        return result
     if args.command == "evaluate":
         from .inference import evaluate_run
         metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
@@ -297,8 +332,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (add_split, add_train, add_evaluate, add_predict, add_gradcam, add_demo_data,
-                add_notebook, add_audit, add_robustness, add_cross_eval, add_finetune, add_app):
+    for add in (add_split, add_train, add_lr_find, add_evaluate, add_predict, add_gradcam,
+                add_demo_data, add_notebook, add_audit, add_robustness, add_cross_eval,
+                add_finetune, add_app):
         add(commands)
     args = parser.parse_args(argv)
     try:

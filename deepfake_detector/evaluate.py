@@ -962,6 +962,46 @@ def _report_split(run_dir: Path, split: str, metrics: dict, has_test: bool) -> l
     return lines
 
 
+def _report_convergence(config) -> list[str]:
+    """A warning at the top when the epoch budget, not early stopping, ended training."""
+    if not isinstance(config, dict) or config.get("converged") is not False:
+        return []
+    return ["**NOT CONVERGED**", "",
+            f"The epoch budget ({config.get('epochs')}) ran out while the val loss was still "
+            f"improving (best epoch {config.get('best_epoch')}): this head is short of what its "
+            "features allow, and every number below understates them. Train again with a larger "
+            "`--epochs`, with the default recipe (no `--lr`/`--epochs`/`--patience` overrides), or "
+            "at the rate `lr-find` suggests.", ""]
+
+
+def _report_probe(probe, evaluated: dict) -> list[str]:
+    """Head and linear probe side by side for each split both were scored on."""
+    if not isinstance(probe, dict) or "metrics" not in probe:
+        return []
+    from .probe import comparison_rows, head_vs_probe
+    lines = ["## Head against a linear probe", "",
+             "The probe is a logistic regression on the same frozen features (standardised, C = "
+             f"{probe.get('C', float('nan')):g} chosen by {probe.get('cv', {}).get('folds', '?')}-fold "
+             "cross-validation on the train split"
+             + (", folds following the groups" if probe.get("cv", {}).get("grouped") else "")
+             + "): the ceiling a linear head reaches on these features. A head far below it is not "
+             "done training; a probe far below published results means the features, not the "
+             "head, are the limit.", ""]
+    if probe.get("from_run"):
+        lines += [f"This probe was fitted in phase 1 ({probe['from_run']}) on the frozen "
+                  "backbone's features; fine-tuning is worth it only where it beats it.", ""]
+    for split, head_metrics in evaluated.items():
+        probe_metrics = probe["metrics"].get(split)
+        if not isinstance(probe_metrics, dict) or "unreadable" in head_metrics:
+            continue
+        comparison = head_vs_probe(head_metrics.get("roc_auc"), probe_metrics.get("roc_auc"))
+        lines += [f"### {split.capitalize()} split", "",
+                  markdown_table(comparison_rows(head_metrics, probe_metrics)), ""]
+        if not probe.get("from_run"):
+            lines += [comparison["verdict"], ""]
+    return lines if any(line.startswith("### ") for line in lines) else []
+
+
 def _report_rows(title: str, data) -> list[str]:
     """A list of row dicts as a table; any other JSON as a code block."""
     if data is None:
@@ -986,7 +1026,7 @@ def _report_unlisted_figures(run_dir: Path, shown: set[str]) -> list[str]:
 
 
 # Tables that write_report shows in a section of their own rather than under "Tables".
-OWN_SECTION_TABLES = {"robustness", "cross_dataset"}
+OWN_SECTION_TABLES = {"robustness", "cross_dataset", "head_vs_probe"}
 
 
 def _report_tables(run_dir: Path) -> list[str]:
@@ -1013,8 +1053,10 @@ def write_report(run_dir) -> Path:
     lines = _report_warning(config)
     lines += [f"# Run report: {run_dir.resolve().name}", ""]
     preamble = len(lines)
+    lines += _report_convergence(config)
     lines += _report_data(_load_json(run_dir / "data_counts.json"))
     evaluated = {split: m for split, m in metrics.items() if isinstance(m, dict)}
+    lines += _report_probe(_load_json(run_dir / "probe.json"), evaluated)
     if evaluated:
         lines += ["## Results", ""]
         for split, split_metrics in evaluated.items():

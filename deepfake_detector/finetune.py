@@ -16,7 +16,9 @@ What stays fixed, and why:
 
 The result is a new run directory (never an overwrite; default RUN-finetune-layer4) with the
 layout train.py writes, so inference, evaluation, Grad-CAM and robustness work on it unchanged,
-plus tables/phases.{md,csv,tex}: phase 1 and phase 2 on the same validation split.
+plus tables/phases.{md,csv,tex}: phase 1 and phase 2 on the same validation split, with phase 1's
+linear probe (probe.py) beside them: the best a linear head does on the frozen features, which is
+the bar fine-tuning has to clear. Its probe.json is copied over, so the report shows it too.
 """
 from __future__ import annotations
 
@@ -156,8 +158,12 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
         raise RunExistsError(f"{out} already exists and is not empty; phase 2 never overwrites a "
                              "run. Choose another --out, or delete that folder yourself.")
     head_lr = HEAD_LR_FACTOR * lr if head_lr is None else head_lr
+    # Phase 2 keeps its own short recipe: a constant rate (its patience is shorter than any
+    # plateau schedule's), no standardisation (the head is phase 1's, on raw features), and no
+    # probe of its own (its features move; phase 1's probe on the frozen ones is the reference).
     settings = dict(lr=lr, head_lr=head_lr, epochs=epochs, patience=patience,
-                    cache_layer3=cache_layer3, device=device, num_workers=num_workers)
+                    cache_layer3=cache_layer3, device=device, num_workers=num_workers,
+                    lr_plateau_patience=0, standardize=False, probe=False)
     if batch_size is not None:
         settings["batch_size"] = batch_size
     config = phase2_config(parent, out, **settings)
@@ -200,6 +206,11 @@ def phase2_into(run_dir: Path, parent: Path, model, checkpoint: dict, config, lr
         + ("on cached layer3 outputs)" if config.layer3_cached else "full forward passes)"))
 
     model.cpu()
+    parent_probe = parent / "probe.json"
+    if parent_probe.is_file():
+        probe = json.loads(parent_probe.read_text())
+        (run_dir / "probe.json").write_text(json.dumps({**probe, "from_run": str(parent)},
+                                                       indent=2) + "\n")
     save_run(run_dir, model, config, checkpoint["weights"], history, best_epoch, counts, train_seconds)
     finish_run(run_dir, val_items, torch.sigmoid(val_logits).numpy(), config, history, best_epoch,
                data_dir=config.data_dir, log=log)
@@ -276,6 +287,18 @@ def phase_rows(phase1: Path, phase2: Path, phase1_parameters: int) -> list[dict]
             "best epoch": config.get("best_epoch"),
             "train seconds": config.get("train_seconds"),
             "trainable parameters": config.get("trainable_parameters", phase1_parameters),
+        })
+    probe_file = phase1 / "probe.json"
+    if probe_file.is_file():  # the ceiling of phase 1's frozen features, on the same val split
+        probe = json.loads(probe_file.read_text())
+        metrics = probe["metrics"]["val"]
+        rows.insert(1, {
+            "phase": "1: linear probe, frozen backbone", "run": phase1.name,
+            "val accuracy": metrics["accuracy"],
+            "val accuracy (val threshold)": metrics.get("accuracy_at_val_threshold"),
+            "val ROC-AUC": metrics["roc_auc"], "val AP": metrics["average_precision"],
+            "val EER": metrics["eer"], "best epoch": None, "train seconds": probe.get("fit_seconds"),
+            "trainable parameters": phase1_parameters,
         })
     return rows
 

@@ -73,12 +73,17 @@ def test_phases_table_compares_both_phases(trained_run, phase2):
         assert (phase2 / "tables" / f"phases.{ext}").is_file()
     with open(phase2 / "tables" / "phases.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [row["phase"][0] for row in rows] == ["1", "2"]
-    assert int(rows[0]["trainable parameters"]) == 513
-    assert int(rows[1]["trainable parameters"]) > 8_000_000
+    assert [row["phase"] for row in rows] == ["1: head, frozen backbone",
+                                              "1: linear probe, frozen backbone", "2: layer4 + head"]
+    assert int(rows[0]["trainable parameters"]) == 513 == int(rows[1]["trainable parameters"])
+    assert int(rows[2]["trainable parameters"]) > 8_000_000
     phase1_metrics = json.loads((trained_run / "metrics_val.json").read_text())
     assert float(rows[0]["val ROC-AUC"]) == pytest.approx(phase1_metrics["roc_auc"])
-    assert "phases" in (phase2 / "report.md").read_text()
+    # Phase 1's probe, beside phase 2's result: in the table and in phase 2's report.
+    assert float(rows[1]["val ROC-AUC"]) == pytest.approx(phase1_metrics["probe"]["roc_auc"])
+    report = (phase2 / "report.md").read_text()
+    assert "phases" in report and "Head against a linear probe" in report
+    assert str(trained_run) in report  # the probe is named as phase 1's
 
 
 def test_never_overwrites(trained_run, phase2):
