@@ -482,6 +482,12 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
         val_plain = cached_features(model, val_items, desc="val features", **common)
 
     head = model.fc
+    if config.standardize and not isinstance(model.fc, nn.Linear):
+        # Folding needs one linear layer; another head (a notebook experiment) learns on raw
+        # features, and config.json records that it did.
+        log(f"standardisation off: the head is {type(model.fc).__name__}, not one nn.Linear, so "
+            "the train statistics cannot be folded into its weights")
+        config.standardize = False
     if config.standardize:
         head = StandardizedHead(model.fc, *feature_statistics(train_plain))
     if config.lr == "find":
