@@ -205,7 +205,11 @@ def main() -> None:
             path.write_bytes(encoded(photo_like(i, args.side), args.format))
             files.append(path)
         figures = in_process(run_dir, files, args.repeats)
-        if not args.skip_browser:
+        from test_app_browser import why_no_browser
+        no_browser = why_no_browser()
+        if no_browser and not args.skip_browser:
+            print(f"page times left out: {no_browser}")
+        if not args.skip_browser and not no_browser:
             figures.update(in_browser(run_dir, files, args.repeats, folder,
                                       Path(args.screenshot) if args.screenshot else None))
         _, checkpoint = load_run(run_dir, device="cpu")

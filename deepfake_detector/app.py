@@ -42,7 +42,7 @@ def banners(card: dict, where) -> None:
     if card["random_init"]:
         where.error("**RANDOM INIT — NOT IMAGENET-PRETRAINED.** This model's backbone never saw "
                     "ImageNet; its verdicts show how the app works, not whether an image is "
-                    f"fake. ({card['weights'].get('note', '')})")
+                    "fake. (Why: see *Weights note* in the model card.)")
     if card["synthetic"]:
         where.error("**SYNTHETIC DATA.** This model was trained on the generated demo set "
                     f"({card['synthetic'].get('raw_dir')}), not on photographs or real "
@@ -65,6 +65,8 @@ def sidebar(card: dict) -> None:
                   f"**Image size** {card['img_size']} x {card['img_size']} px  \n"
                   f"**Trained** {card['trained_at'] or 'unknown'}"
                   + (f", best epoch {card['best_epoch']}" if card["best_epoch"] else ""))
+    if weights.get("note"):
+        side.expander("Weights note").write(weights["note"])
     counts = card["data_counts"]
     if isinstance(counts, dict) and "unreadable" not in counts:
         side.markdown("**Training data** (" + (card["data_dir"] or "?") + ")  \n" + "  \n".join(
@@ -106,9 +108,11 @@ def show(result: uploads.ExplainedUpload, key: str) -> None:
     width, height = result.original_size
     # PNG bytes made by us (encoded once, or quickly): st.image would re-encode a picture on
     # every rerun, and a switch of target is a rerun.
-    left.image(result.preview_png, alt=f"{result.name}: the uploaded image",
+    # Both as wide as their column: side by side at one scale, small images enlarged to be seen.
+    left.image(result.preview_png, width="stretch", alt=f"{result.name}: the uploaded image",
                caption=f"uploaded: {width} x {height} px")
     right.image(uploads.png_bytes(uploads.overlay_image(result, target, opacity, preview=True)),
+                width="stretch",
                 alt=f"{result.name}: Grad-CAM overlay, target {target}",
                 caption=f"Grad-CAM: where the model saw evidence for “{target}”")
     left_button, right_button = st.columns(2)

@@ -81,6 +81,7 @@ def demo_run(root: str | os.PathLike = DEMO_ROOT, raw: str | os.PathLike = DEMO_
     config = TrainConfig(data_dir=str(root / "split"), out_dir=str(run_dir),
                          weights="imagenet-or-none", img_size=image_size, lr=3e-3,
                          epochs=200, patience=5, seed=0,
+                         cache_dir=str(root.parent / "cache"),  # outputs/cache for the default root
                          overwrite=(run_dir / "config.json").is_file())  # an interrupted demo run
     return train(config, log_to_console=log is print)
 

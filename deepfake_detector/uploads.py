@@ -33,6 +33,9 @@ import torch
 from PIL import Image
 
 from .data import normalize_batch, try_decode_image, uint8_transform
+# At import, not at the first download: evaluate pulls in scikit-learn and matplotlib (2.4 s the
+# first time on 2 busy cores), which the app's first user would otherwise wait for.
+from .evaluate import write_prediction_rows
 from .gradcam import overlay, raw_grad_cam_both, scale_cams
 from .inference import decision_threshold
 
@@ -288,7 +291,6 @@ def prediction_row(result: ExplainedUpload) -> dict:
 
 def prediction_row_json(result: ExplainedUpload) -> str:
     """The JSON predict prints for this one image: `[{"image_id": ..., "prediction": ...}]`."""
-    from .evaluate import write_prediction_rows
     buffer = io.StringIO()
     write_prediction_rows([prediction_row(result)], buffer, "json")
     return buffer.getvalue()

@@ -55,6 +55,7 @@ def test_demo_trains_the_synthetic_run_once_then_reuses_it(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["synthetic_data"]["raw_dir"] == str(tmp_path / "synthetic" / "raw")
     assert config["weights"] == "imagenet-or-none" and (run / "report.md").is_file()
+    assert config["cache_dir"] == str(tmp_path / "cache")  # beside the demo root, not in the checkout
     stamp = (run / "checkpoint.pt").stat().st_mtime_ns
     again = serve.demo_run(tmp_path / "app-demo", tmp_path / "synthetic" / "raw", n_per_class=12,
                            image_size=32, log=messages.append)
