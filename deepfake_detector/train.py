@@ -31,7 +31,8 @@ from .audit import AuditWarning, audit_split
 from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
     train_transform
 from .features import cached_features, channels_last
-from .manifest import NotOursError, mark_complete, recording, remove_run_dir, start_run_dir
+from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
+                       start_run_dir)
 from .manifest import read_manifest as read_run_manifest
 from .model import build_model, pick_device
 from .evaluate import (choose_threshold, compute_metrics, metrics_table_rows, plot_history,
@@ -79,6 +80,8 @@ class RunLog:
             print(message, flush=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(message + "\n")
+        # Recorded line by line: a run killed outright (SIGKILL, power loss) can still be replaced.
+        record_written(self.path.parent, [self.path])
 
 
 def random_init_banner(note: str) -> str:
