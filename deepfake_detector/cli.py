@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .serve import MissingExtraError
@@ -337,6 +339,10 @@ def main(argv=None) -> int:
                 add_finetune, add_app):
         add(commands)
     args = parser.parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (a job scheduler's stop) ends a command like Ctrl-C: cleanly, and with the line.
+        signal.signal(signal.SIGTERM, interrupt)
     try:
         run(args)
     except (ValueError, OSError, MissingExtraError) as error:
@@ -347,7 +353,14 @@ def main(argv=None) -> int:
         print(f"interrupted: {KEPT_WHEN_INTERRUPTED.get(args.command, KEPT_BY_DEFAULT)}",
               file=sys.stderr)
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 # Ctrl-C: one line per command, saying what was kept and how to go on.

@@ -42,7 +42,8 @@ from .demo_data import synthetic_origin
 from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
     train_transform
 from .features import cached_features, channels_last
-from .manifest import NotOursError, mark_complete, recording, remove_run_dir, start_run_dir
+from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
+                       start_run_dir)
 from .manifest import read_manifest as read_run_manifest
 from .lr_find import lr_find, plot_lr_find
 from .probe import (fit_probe, fold_standardization, head_vs_probe, probe_summary,
@@ -166,6 +167,8 @@ class RunLog:
             print(message, flush=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(message + "\n")
+        # Recorded line by line: a run killed outright (SIGKILL, power loss) can still be replaced.
+        record_written(self.path.parent, [self.path])
 
 
 def random_init_banner(note: str) -> str:

@@ -578,6 +578,22 @@ def test_ctrl_c_ends_with_one_line_and_exit_code_130(monkeypatch, capsys):
     assert err.startswith("interrupted:") and "re-running the same command" in err
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32",
+                    reason="POSIX signals")
+def test_sigterm_ends_a_command_like_ctrl_c(monkeypatch, capsys):
+    import time
+    from deepfake_detector import cli
+
+    def killed(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "run", killed)
+    assert main(["train", "--weights", "none"]) == 130
+    assert capsys.readouterr().err.startswith("interrupted: the run folder is kept")
+    assert signal.getsignal(signal.SIGTERM) == before  # put back for whoever called main()
+
+
 def test_train_on_raw_data_suggests_a_split_into_another_folder(tmp_path, capsys):
     raw = make_raw_dataset(tmp_path / "dataset_raw", n_real=3, n_fake=3, size=16)
     assert main(["train", "--data", str(raw), "--out", str(tmp_path / "run"),
