@@ -78,6 +78,31 @@ class Probe:
                 "fit_seconds": self.fit_seconds}
 
 
+# A feature whose train-split spread is tiny (a unit that fires on a handful of images) would be
+# blown up by standardisation: one val image where it fires lands 100s of standard deviations out
+# and dominates the logit (measured: val |z| up to 775 on 48 random-init train images, and the val
+# AUC fell from 1.0 to 0.68). No feature's scale goes below this share of the median scale.
+SCALE_FLOOR = 0.1
+
+
+def floored_scale(scale):
+    """Per-feature standard deviations, each at least SCALE_FLOOR x their median (and 1 where
+    every feature is constant). Works on NumPy arrays and torch tensors alike."""
+    if isinstance(scale, torch.Tensor):
+        floor = SCALE_FLOOR * scale.median()
+        floored = torch.maximum(scale, floor)
+        return torch.where(floored > 1e-12, floored, torch.ones_like(floored))
+    scale = np.asarray(scale, dtype=np.float64)
+    floored = np.maximum(scale, SCALE_FLOOR * np.median(scale))
+    return np.where(floored > 1e-12, floored, 1.0)
+
+
+def _scaler(x: np.ndarray) -> StandardScaler:
+    scaler = StandardScaler().fit(x)
+    scaler.scale_ = floored_scale(scaler.scale_)
+    return scaler
+
+
 def fold_standardization(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
                          std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w.(x - m)/s + b  ==  (w/s).x + (b - w.(m/s)): a linear layer on standardised features as
@@ -137,7 +162,7 @@ def fit_probe(features, labels, groups=None, Cs=PROBE_CS, n_folds: int = PROBE_F
         if folds:
             data = []
             for train_index, test_index in folds:
-                scaler = StandardScaler().fit(x[train_index])
+                scaler = _scaler(x[train_index])
                 data.append((scaler.transform(x[train_index]).astype(np.float32), y[train_index],
                              scaler.transform(x[test_index]).astype(np.float32), y[test_index]))
             # Along increasing C, each fold's fit starts from its last weights (a path costs
@@ -156,7 +181,7 @@ def fit_probe(features, labels, groups=None, Cs=PROBE_CS, n_folds: int = PROBE_F
             best_C = float(Cs[int(np.argmin(mean_losses))])
         else:
             best_C = 1.0
-        scaler = StandardScaler().fit(x)
+        scaler = _scaler(x)
         model = _logistic_regression(best_C, seed).fit(scaler.transform(x).astype(np.float32), y)
     cv = {"folds": len(folds), "grouped": groups is not None, "scoring": "log loss",
           "Cs": [float(c) for c in Cs[:len(mean_losses)]], "mean_log_loss": mean_losses,

@@ -46,8 +46,8 @@ from .manifest import (NotOursError, mark_complete, record_written, recording, r
                        start_run_dir)
 from .manifest import read_manifest as read_run_manifest
 from .lr_find import lr_find, plot_lr_find
-from .probe import (fit_probe, fold_standardization, head_vs_probe, probe_summary,
-                    comparison_rows)
+from .probe import (comparison_rows, fit_probe, floored_scale, fold_standardization,
+                    head_vs_probe, probe_summary)
 from .model import build_model, pick_device
 from .evaluate import (choose_threshold, compute_metrics, metrics_table_rows, plot_history,
                        save_evaluation_figures, write_predictions, write_report, write_table)
@@ -353,11 +353,10 @@ class StandardizedHead(nn.Module):
 
 
 def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and standard deviation over the train split (in float64); a constant
-    feature (a unit that never fires) gets std 1, as in scikit-learn's StandardScaler."""
+    """Per-feature mean and standard deviation over the train split (in float64), the standard
+    deviation floored as the probe's is (probe.floored_scale: no near-constant feature is blown up)."""
     x = features.double()
-    mean, std = x.mean(dim=0), x.std(dim=0, unbiased=False)
-    return mean, torch.where(std > 1e-12, std, torch.ones_like(std))
+    return x.mean(dim=0), floored_scale(x.std(dim=0, unbiased=False))
 
 
 @contextlib.contextmanager

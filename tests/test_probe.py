@@ -52,6 +52,17 @@ def test_folding_the_standardisation_keeps_every_logit(d):
     torch.testing.assert_close(linear(features), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_near_constant_feature_is_not_blown_up_by_the_standardisation():
+    torch.manual_seed(0)
+    features = torch.randn(200, 5)
+    features[:, 0] *= 1e-4  # a unit that barely moves on the train split
+    _, std = feature_statistics(features)
+    assert std[0] == pytest.approx(0.1 * float(std.median()))
+    torch.testing.assert_close(std[1:], features[:, 1:].double().std(0, unbiased=False))
+    probe = fit_probe(features.numpy(), (features[:, 1] > 0).numpy(), Cs=(1.0,))
+    np.testing.assert_allclose(probe.scale, std.numpy(), rtol=1e-5)  # the probe floors alike
+
+
 def test_probe_equals_scikit_learns_pipeline_and_folds_into_a_linear_layer():
     x, y = gaussian_features()
     probe = fit_probe(x, y, Cs=(0.01, 0.1, 1.0))
@@ -79,8 +90,9 @@ def test_cross_validation_folds_follow_the_groups():
 
 
 def test_lr_finder_sweeps_without_touching_the_head_and_suggests_a_rate_that_learns():
-    x, y = gaussian_features(n=800)
+    x, y = gaussian_features(n=800, shift=1.0)
     features, labels = torch.as_tensor(x), torch.as_tensor(y)
+    torch.manual_seed(0)  # the head's initial weights: the same whatever ran before
     head = StandardizedHead(nn.Linear(512, 1), *feature_statistics(features))
     before = {k: v.clone() for k, v in head.state_dict().items()}
     result = lr_find(head, features, labels, n_steps=150)
@@ -175,3 +187,25 @@ def test_default_head_reaches_the_probe_on_cifake(tmp_path, few_bootstraps):
     assert config["converged"] is True and config["epochs_run"] < config["epochs"]
     assert 0.6 < metrics["probe"]["roc_auc"] < 0.99
     assert metrics["roc_auc"] >= HEAD_TO_PROBE_AUC_TARGET * metrics["probe"]["roc_auc"]
+
+
+def test_probe_folds_follow_the_groups_and_score_the_test_split(tmp_path, few_bootstraps):
+    """Frames of one "video" (ten files sharing a name prefix) stay on one side of every fold;
+    with a test split the probe is scored there too, and the report shows it beside the head."""
+    from conftest import make_raw_dataset
+    from deepfake_detector.inference import evaluate_run
+    from deepfake_detector.split import split_dataset
+    raw = make_raw_dataset(tmp_path / "raw", n_real=40, n_fake=40)
+    split_dataset(raw, tmp_path / "split", val_fraction=0.25, test_fraction=0.25, seed=0,
+                  group_by=r"regex:^(\w+ \(\d*)\d\)")
+    run = train(TrainConfig(data_dir=str(tmp_path / "split"), out_dir=str(tmp_path / "run"),
+                            weights="none", img_size=32, lr=1e-2, cache_dir=""),
+                log_to_console=False)
+    probe = json.loads((run / "probe.json").read_text())
+    assert probe["cv"]["grouped"] is True and probe["cv"]["folds"] == 2  # 2 train videos a class
+    assert set(probe["metrics"]) == {"val", "test"}
+    evaluate_run(run, tmp_path / "split", "test", n_bootstrap=20, log=lambda m: None)
+    report = (run / "report.md").read_text()
+    section = report[report.index("## Head against a linear probe"):report.index("## Results")]
+    assert "folds following the groups" in section
+    assert "### Val split" in section and "### Test split" in section
