@@ -45,6 +45,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
 
 from deepfake_detector import CLASS_NAMES, CLASS_TO_IDX
 from deepfake_detector.figures import paper_style, plt, save_figure
+from deepfake_detector.manifest import recording
 
 ECE_BINS = 15
 CI_LEVEL = 0.95
@@ -1081,5 +1082,6 @@ def write_report(run_dir) -> Path:
     if len(lines) == preamble:
         lines += ["Nothing to report yet: the run directory holds none of the expected files.", ""]
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    with recording(run_dir):  # a rewritten report stays one of the run's own files
+        report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return report

@@ -28,6 +28,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from .manifest import RUN_MANIFEST, record_written
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MARKER = "made_by_notebook.json"
 
@@ -134,6 +136,8 @@ def mark_as_notebooks(folder, what: str, **details) -> Path:
     marker.write_text(json.dumps({"made_by": "notebooks/deepfake_detector.ipynb", "what": what,
                                   "time": time.strftime("%Y-%m-%d %H:%M:%S"), **details},
                                  indent=2, default=str) + "\n", encoding="utf-8")
+    if (Path(folder) / RUN_MANIFEST).is_file():  # a run: the marker is one of the files it wrote
+        record_written(folder, [marker])
     return marker
 
 
