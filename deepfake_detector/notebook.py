@@ -96,7 +96,10 @@ def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=
     client.reset_execution_trackers()
     try:
         # One line per progress bar in the executed copy (progress.py), not a widget per bar.
-        kernel_env = {**os.environ, "DEEPFAKE_DETECTOR_PROGRESS": "log"}
+        # MPLBACKEND (Streamlit sets it to Agg on import, so do some shells) would stop figures
+        # from showing inline in the executed copy: the kernel picks Jupyter's own backend.
+        kernel_env = {**{k: v for k, v in os.environ.items() if k != "MPLBACKEND"},
+                      "DEEPFAKE_DETECTOR_PROGRESS": "log"}
         with client.setup_kernel(env=kernel_env):  # as NotebookClient.execute, saving per cell
             info = client.wait_for_reply(client.kc.kernel_info())
             notebook.metadata["language_info"] = info["content"]["language_info"]

@@ -107,7 +107,8 @@ class RunExistsError(FileExistsError):
 class TrainedRun(os.PathLike):
     """What `train` returns: the live results of a run, and (as a path) its run directory.
 
-    It is path-like, so `train(config) / "history.json"`, `Path(run)`, `open(run / ...)` and
+    It is path-like, so `train(config) / "history.json"`, `Path(run)`, `open(run / ...)`, Path
+    methods such as `run.resolve()` and
     `load_run(run)` work as they did when train returned the directory. The files in the directory
     stay the durable record; these attributes are the same numbers, without reading them back.
     """
@@ -127,6 +128,21 @@ class TrainedRun(os.PathLike):
 
     def __fspath__(self) -> str:
         return os.fspath(self.run_dir)
+
+    def __getattr__(self, name):
+        # Everything else a Path does (run.resolve(), run.rglob("*"), run.name ...), as the
+        # directory that train() used to return.
+        if name.startswith("__") or name == "run_dir":
+            raise AttributeError(name)
+        return getattr(self.run_dir, name)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (TrainedRun, os.PathLike)):
+            return Path(os.fspath(self)) == Path(os.fspath(other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.run_dir)
 
     def __truediv__(self, other) -> Path:
         return self.run_dir / other

@@ -197,7 +197,8 @@ def test_headless_notebook_end_to_end(tmp_path):
     training = next(c for c in executed.cells if "training.train(config" in c.source)
     progress = "".join(o.get("text", "") for o in training.outputs if o.get("name") == "stderr")
     assert "\r" not in progress and progress.count("epochs: ") == 1
-    assert len(training.outputs) <= 12
+    # log lines and one line per bar, stdout and stderr interleaved: a handful, not ~130 redraws
+    assert len(training.outputs) <= 20
 
     run = out / "run"
     metrics = json.loads((run / "metrics_val.json").read_text())
