@@ -877,7 +877,7 @@ def read_predictions(path) -> list[dict]:
 
 # ----------------------------------------------------------------------------- run report
 
-def _load_json(path: Path):
+def load_json(path: Path):
     """The parsed file, None when absent; an unreadable file becomes a message, not a crash."""
     if not path.is_file():
         return None
@@ -1049,26 +1049,26 @@ def write_report(run_dir) -> Path:
     docstring); each section appears only when its files exist. A random-init backbone
     (weights record with pretrained false) opens the report with RANDOM_INIT_WARNING."""
     run_dir = Path(run_dir)
-    config = _load_json(run_dir / "config.json")
-    metrics = {split: _load_json(run_dir / f"metrics_{split}.json") for split in ("test", "val")}
+    config = load_json(run_dir / "config.json")
+    metrics = {split: load_json(run_dir / f"metrics_{split}.json") for split in ("test", "val")}
     lines = _report_warning(config)
     lines += [f"# Run report: {run_dir.resolve().name}", ""]
     preamble = len(lines)
     lines += _report_convergence(config)
-    lines += _report_data(_load_json(run_dir / "data_counts.json"))
+    lines += _report_data(load_json(run_dir / "data_counts.json"))
     evaluated = {split: m for split, m in metrics.items() if isinstance(m, dict)}
-    lines += _report_probe(_load_json(run_dir / "probe.json"), evaluated)
+    lines += _report_probe(load_json(run_dir / "probe.json"), evaluated)
     if evaluated:
         lines += ["## Results", ""]
         for split, split_metrics in evaluated.items():
             lines += _report_split(run_dir, split, split_metrics, has_test="test" in evaluated)
-    lines += _report_training(run_dir, _load_json(run_dir / "history.json"))
+    lines += _report_training(run_dir, load_json(run_dir / "history.json"))
     lines += _report_tables(run_dir)
-    robustness = _report_rows("## Robustness", _load_json(run_dir / "robustness.json"))
+    robustness = _report_rows("## Robustness", load_json(run_dir / "robustness.json"))
     lines += robustness + (_image(run_dir, "figures/robustness.png", "robustness") if robustness else [])
-    lines += _report_rows("## Cross-dataset", _load_json(run_dir / "cross_dataset.json"))
+    lines += _report_rows("## Cross-dataset", load_json(run_dir / "cross_dataset.json"))
     gradcam = _image(run_dir, "gradcam/contact_sheet.png", "Grad-CAM contact sheet")
-    gradcam += _report_rows("### Faithfulness", _load_json(run_dir / "gradcam" / "faithfulness.json"))
+    gradcam += _report_rows("### Faithfulness", load_json(run_dir / "gradcam" / "faithfulness.json"))
     if gradcam:
         lines += ["## Grad-CAM", ""] + gradcam
     shown = {line.split("](", 1)[1].rstrip(")") for line in lines if line.startswith("![")}

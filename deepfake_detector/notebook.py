@@ -96,10 +96,7 @@ def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=
     client.reset_execution_trackers()
     try:
         # One line per progress bar in the executed copy (progress.py), not a widget per bar.
-        # MPLBACKEND (Streamlit sets it to Agg on import, so do some shells) would stop figures
-        # from showing inline in the executed copy: the kernel picks Jupyter's own backend.
-        kernel_env = {**{k: v for k, v in os.environ.items() if k != "MPLBACKEND"},
-                      "DEEPFAKE_DETECTOR_PROGRESS": "log"}
+        kernel_env = headless_kernel_environment()
         with client.setup_kernel(env=kernel_env):  # as NotebookClient.execute, saving per cell
             info = client.wait_for_reply(client.kc.kernel_info())
             notebook.metadata["language_info"] = info["content"]["language_info"]
@@ -131,6 +128,14 @@ class NotebookStop(Exception):
 
 def made_by_notebook(folder) -> bool:
     return (Path(folder) / MARKER).is_file()
+
+
+def headless_kernel_environment() -> dict:
+    """The environment of a headless run's kernel: progress bars as one line each, and no
+    MPLBACKEND (Streamlit sets it to Agg on import, so do some shells), which would stop figures
+    from showing inline in the executed copy: the kernel picks Jupyter's own backend."""
+    return {**{k: v for k, v in os.environ.items() if k != "MPLBACKEND"},
+            "DEEPFAKE_DETECTOR_PROGRESS": "log"}
 
 
 def mark_as_notebooks(folder, what: str, **details) -> Path:

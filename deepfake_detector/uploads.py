@@ -21,7 +21,6 @@ real), so switching target or opacity later costs a resize and a blend, never th
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,7 +34,7 @@ from PIL import Image
 from .data import normalize_batch, try_decode_image, uint8_transform
 # At import, not at the first download: evaluate pulls in scikit-learn and matplotlib (2.4 s the
 # first time on 2 busy cores), which the app's first user would otherwise wait for.
-from .evaluate import write_prediction_rows
+from .evaluate import load_json, write_prediction_rows
 from .gradcam import overlay, raw_grad_cam_both, scale_cams
 from .inference import decision_threshold
 
@@ -299,16 +298,6 @@ def prediction_row_json(result: ExplainedUpload) -> str:
 # ----------------------------------------------------------------------------------------------
 # The model card
 
-def read_json(path: Path):
-    """The parsed file; None when absent; {"unreadable": why} when it cannot be parsed."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        return {"unreadable": f"{path.name}: {error}"}
-
-
 def metric_rows(metrics: dict | None) -> list[dict]:
     """(metric, value, 95% CI) rows of the val metrics the card shows."""
     if not isinstance(metrics, dict) or "unreadable" in metrics:
@@ -333,7 +322,7 @@ def model_card(run_dir: str | os.PathLike, checkpoint: dict) -> dict:
     threshold, image size, date, cross-dataset rows."""
     from .demo_data import synthetic_origin
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json") or {}
+    config = load_json(run_dir / "config.json") or {}
     weights = checkpoint.get("weights") or config.get("weights_record") or {}
     synthetic = config.get("synthetic_data")
     if "synthetic_data" not in config and config.get("data_dir"):  # runs from before the record
@@ -343,15 +332,15 @@ def model_card(run_dir: str | os.PathLike, checkpoint: dict) -> dict:
         trained_at = datetime.fromtimestamp((run_dir / "checkpoint.pt").stat().st_mtime,
                                             timezone.utc).isoformat(timespec="seconds")
     has_val_threshold = checkpoint.get("val_threshold") is not None
-    cross = read_json(run_dir / "cross_dataset.json")
+    cross = load_json(run_dir / "cross_dataset.json")
     return {
         "run_dir": str(run_dir),
         "weights": weights,
         "random_init": weights.get("pretrained") is False,
         "synthetic": synthetic,
         "data_dir": config.get("data_dir"),
-        "data_counts": read_json(run_dir / "data_counts.json"),
-        "val_metrics": metric_rows(read_json(run_dir / "metrics_val.json")),
+        "data_counts": load_json(run_dir / "data_counts.json"),
+        "val_metrics": metric_rows(load_json(run_dir / "metrics_val.json")),
         "threshold": decision_threshold(checkpoint),
         "threshold_source": ("chosen on the validation split (maximum balanced accuracy)"
                              if has_val_threshold else

@@ -86,3 +86,27 @@ def demo_run(tmp_path_factory) -> Path:
     config = TrainConfig(data_dir=str(root / "split"), out_dir=str(root / "run"), weights="none",
                          img_size=32, epochs=30, lr=1e-2, patience=5, cache_dir="", num_workers=0)
     return train(config, log_to_console=False)
+
+
+def watch_file_writes(monkeypatch) -> list:
+    """From now on, every file opened for writing (open, io.open, os.open) is appended to the
+    returned list: the tests that check uploads never touch the disk."""
+    import builtins
+    import io
+    writes = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def watching_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            writes.append(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def watching_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            writes.append(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", watching_open)
+    monkeypatch.setattr(io, "open", watching_open)
+    monkeypatch.setattr(os, "open", watching_os_open)
+    return writes

@@ -5,13 +5,12 @@ AppTest came with Streamlit 1.56). The real browser is in test_app_browser.py.
 """
 from __future__ import annotations
 
-import builtins
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import watch_file_writes
 from PIL import Image
 
 pytest.importorskip("streamlit", minversion="1.56",
@@ -149,22 +148,7 @@ def test_switching_target_and_opacity_reuses_the_one_pass(run_at_96px, monkeypat
 
 def test_no_upload_is_written_to_disk(trained_run, monkeypatch):
     app = start(trained_run, monkeypatch)
-    writes = []
-    real_open, real_os_open = builtins.open, os.open
-
-    def watching_open(file, mode="r", *args, **kwargs):
-        if any(flag in mode for flag in "wax+"):
-            writes.append(file)
-        return real_open(file, mode, *args, **kwargs)
-
-    def watching_os_open(path, flags, *args, **kwargs):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            writes.append(path)
-        return real_os_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", watching_open)
-    monkeypatch.setattr(io, "open", watching_open)
-    monkeypatch.setattr(os, "open", watching_os_open)
+    writes = watch_file_writes(monkeypatch)
     upload(app, ("suspect.png", FAKE, "image/png"), ("bad.png", b"xx", "image/png"))
     assert texts(app.main.markdown).count("**P(fake) = ") == 1
     assert writes == []

@@ -3,7 +3,6 @@ after every cell); every cell re-runnable in the same kernel; and the demo's pro
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -12,7 +11,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from deepfake_detector.notebook import (MARKER, PROJECT_ROOT, NotebookStop, claim_for_notebook,
-                                        execute_notebook, inject_parameters, mark_as_notebooks,
+                                        execute_notebook, headless_kernel_environment,
+                                        inject_parameters, mark_as_notebooks,
                                         parse_value)
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "deepfake_detector.ipynb"
@@ -136,7 +136,7 @@ def test_notebook_runs_then_every_cell_runs_again_and_follows_new_parameters(tmp
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(project)}})
     code_cells = [(i, c) for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
-    with client.setup_kernel(env={**os.environ, "DEEPFAKE_DETECTOR_PROGRESS": "log"}):
+    with client.setup_kernel(env=headless_kernel_environment()):
         for index, cell in code_cells:
             client.execute_cell(cell, index)
         first = nbformat.from_dict(json.loads(json.dumps(notebook)))

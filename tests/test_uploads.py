@@ -1,16 +1,15 @@
 """The app's logic without the app: uploads decoded in memory, one pass, verdicts, overlays, card."""
 from __future__ import annotations
 
-import builtins
 import io
 import json
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import watch_file_writes
 import torch
 from PIL import Image
 
@@ -194,22 +193,7 @@ def test_same_name_twice_gets_two_image_ids(loaded, fake_png):
 
 def test_uploads_are_never_written_anywhere(loaded, fake_png, monkeypatch):
     model, checkpoint = loaded
-    writes = []
-    real_open, real_os_open = builtins.open, os.open
-
-    def watching_open(file, mode="r", *args, **kwargs):
-        if any(flag in mode for flag in "wax+"):
-            writes.append(file)
-        return real_open(file, mode, *args, **kwargs)
-
-    def watching_os_open(path, flags, *args, **kwargs):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            writes.append(path)
-        return real_os_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", watching_open)
-    monkeypatch.setattr(io, "open", watching_open)
-    monkeypatch.setattr(os, "open", watching_os_open)
+    writes = watch_file_writes(monkeypatch)
     [result] = uploads.explain_uploads(model, checkpoint, [("fake.png", fake_png)])
     uploads.overlay_png(result)
     uploads.prediction_row_json(result)
