@@ -87,6 +87,12 @@ def add_train(commands):
                         "--lr-plateau-patience 0 --no-standardize)")
     p.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe")
     p.add_argument("--img-size", type=positive_int, default=d.img_size)
+    p.add_argument("--decode", choices=["draft", "full"], default=d.decode,
+                   help="draft (default): large JPEGs decoded at reduced size, much faster on "
+                        "photos; full: every pixel. Recorded in the run")
+    p.add_argument("--resize", choices=["auto", "pil", "device"], default=d.resize,
+                   help="where images are resized: per image with PIL, or per batch on the "
+                        "device (auto: PIL on the CPU, the device on a GPU)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--augment", action="store_true", help="flip, colour jitter, small rotation")
     p.add_argument("--augment-views", type=positive_int, default=d.augment_views,
@@ -239,6 +245,7 @@ def run(args) -> object:
             data_dir=args.data, out_dir=args.out, weights=args.weights, img_size=args.img_size,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, patience=args.patience, min_delta=args.min_delta,
+            decode=args.decode, resize=args.resize,
             lr_plateau_patience=args.lr_plateau_patience, lr_plateau_factor=args.lr_plateau_factor,
             standardize=not args.no_standardize, probe=not args.no_probe, seed=args.seed, augment=args.augment, augment_views=args.augment_views,
             cache_features=not args.no_feature_cache, cache_dir=args.cache_dir,

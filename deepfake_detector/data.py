@@ -9,6 +9,17 @@ do the per-image part on PIL images and hand over uint8 pixels (`uint8_transform
 process converts and normalises whole batches at once (`normalize_batch`). The numbers are the
 same as `eval_transform`'s, bit for bit; the uint8 batch is 4x smaller to pass between processes
 and to copy to a GPU, and it arrives already in the channels-last layout the model runs in.
+
+Two choices shape the pixels, and both are recorded where they matter:
+
+* decode (`DECODE_MODES`): "draft" decodes a large JPEG at reduced size first (images.py; far
+  less work for a photo), "full" decodes every pixel. A run records its mode and every later use
+  of it (evaluate, predict, Grad-CAM, the app) decodes the same way; the feature cache keys on it.
+* resize (`RESIZE_MODES`): "pil" resizes each image in the workers, as above; "device" hands the
+  images over at their decoded size and resizes whole batches where the model runs
+  (`resize_batch`, PIL's bilinear filter and rounding reproduced: within `DEVICE_RESIZE_TOLERANCE`
+  of PIL's pixels). A GPU is far faster at it than a worker process; on the CPU PIL's per-image
+  resize measured faster (benchmarks/README.md), so "auto" picks "pil" there.
 """
 from __future__ import annotations
 
@@ -19,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from torchvision import transforms
@@ -33,32 +45,80 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # colour change does not turn a fake into a real, but a heavy blur might erase the evidence.
 DEFAULT_AUGMENTATION = {"hflip": True, "color_jitter": 0.1, "rotation_degrees": 10}
 
+# "draft": large JPEGs decoded at reduced size before the resize (new runs); "full": every pixel
+# decoded (runs made before the mode was recorded, and any caller that asks for it).
+DECODE_MODES = ("draft", "full")
+# "pil": per image, in the workers; "device": per batch, where the model runs; "auto": per device.
+RESIZE_MODES = ("auto", "pil", "device")
+# The largest difference between a device resize and PIL's, in uint8 levels (0-255). The device
+# resize runs in float32 against PIL's fixed-point weights, so a sum that lands on a rounding
+# boundary can go either way: 1 level at most, measured on 0-0.5% of the pixels of photos and
+# noise, and up to ~25% of those of synthetic ramps (many exact halves); upscales by whole
+# factors (CIFAKE's 32 -> 224) match exactly. tests/test_data_path.py holds it.
+DEVICE_RESIZE_TOLERANCE = 1
+# Beyond this many decoded pixels a worker resizes the image itself even in "device" mode: a
+# batch of 64 full-size 24 MP photos (PNG, WebP: no reduced decode) would be 4.6 GB of uint8.
+DEVICE_RESIZE_MAX_PIXELS = 4_000_000
 
-def open_image(source) -> Image.Image:
+
+def check_decode(decode: str) -> str:
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}; got {decode!r}.")
+    return decode
+
+
+def decode_size(decode: str, img_size: int) -> int | None:
+    """The target_size the decoder gets: img_size in "draft" mode, None (full decode) else."""
+    return img_size if check_decode(decode) == "draft" else None
+
+
+def run_decode(record: dict) -> str:
+    """The decode mode a run (its checkpoint or config.json) was trained with; runs from before
+    the mode was recorded decoded in full."""
+    return check_decode(record.get("decode") or "full")
+
+
+def resolve_resize(resize: str, device: torch.device | str, augmentation=None) -> str:
+    """"pil" or "device" for a pass on `device`. "auto": the device on a GPU (CUDA, MPS), PIL's
+    per-image resize on the CPU, where it measured faster (benchmarks/README.md). Augmentation
+    acts on PIL images after the resize, so it always resizes with PIL."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {resize!r}.")
+    if augmentation:
+        return "pil"
+    if resize == "auto":
+        return "device" if torch.device(device).type in ("cuda", "mps") else "pil"
+    return resize
+
+
+def open_image(source, target_size: int | None = None) -> Image.Image:
     """Decode one image into an 8-bit RGB PIL image: `source` is a path or a binary file-like
     object (an upload). Every mode becomes the right picture (16-bit and float scaled,
     transparency over white, first frame of an animation): the rules are in images.py, the one
     opener of the project, which also reads regular files only, under a pixel limit.
+    `target_size`: decode a large JPEG at reduced size for a resize to that side (images.py).
     Raises ImageLoadError naming the file."""
-    return open_rgb(source)
+    return open_rgb(source, target_size)
 
 
-def try_open_image(path: str | os.PathLike) -> tuple[Image.Image | None, str | None]:
+def try_open_image(path: str | os.PathLike,
+                   target_size: int | None = None) -> tuple[Image.Image | None, str | None]:
     """(RGB image, None), or (None, why not) in split.check_image's words and by its rules:
     the file is checked and decoded in the one read, so unreadable files are skipped on the way."""
     try:
-        return decode_image(path)[0], None
+        return decode_image(path, target_size=target_size)[0], None
     except ImageLoadError as error:
         return None, str(error)
 
 
-def try_decode_image(data: bytes) -> tuple[Image.Image | None, str | None]:
+def try_decode_image(data: bytes,
+                     target_size: int | None = None) -> tuple[Image.Image | None, str | None]:
     """`try_open_image` for bytes already in memory (an upload in the app): same rules, same words.
     A multi-frame file (animated GIF/WebP/PNG, multi-page TIFF) gives its first frame."""
     if not data:
         return None, "empty file (0 bytes)"
     try:
-        return decode_image(io.BytesIO(data))[0], None
+        return decode_image(io.BytesIO(data), target_size=target_size)[0], None
     except ImageLoadError as error:
         return None, str(error)
 
@@ -104,16 +164,88 @@ def uint8_transform(img_size: int, augmentation: dict | bool | None = None) -> t
     return transforms.Compose(pil_steps(img_size, augmentation) + [to_uint8_hwc])
 
 
-def normalize_batch(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                    device: torch.device | str = "cpu") -> torch.Tensor:
+def own_size_transform(img_size: int) -> transforms.Compose:
+    """The workers' half of the "device" resize: uint8 pixels at the decoded size (a reduced
+    JPEG decode already brought a photo near `img_size`). An image still above
+    DEVICE_RESIZE_MAX_PIXELS is resized here with PIL, which the device resize matches."""
+    def bounded(image: Image.Image) -> Image.Image:
+        if image.width * image.height <= DEVICE_RESIZE_MAX_PIXELS:
+            return image
+        return transforms.Resize((img_size, img_size), antialias=True)(image)
+    return transforms.Compose([bounded, to_uint8_hwc])
+
+
+def pixel_transform(img_size: int, resize: str, augmentation: dict | bool | None = None):
+    """What the workers do to each decoded image for a batch pass: resize it ("pil": the
+    uint8_transform) or hand it over at its own size ("device": resized by normalize_batch)."""
+    if resize == "device" and not augmentation:
+        return own_size_transform(img_size)
+    return uint8_transform(img_size, augmentation)
+
+
+def normalize_batch(images: torch.Tensor | list, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    device: torch.device | str = "cpu", img_size: int | None = None) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, ImageNet-normalised, channels-last, on `device`.
 
     The same operations in the same order as ToTensor + Normalize, so the same floats; only the
     copy to the device moves uint8 (4x less), and the float work runs once per batch, threaded.
+    With `img_size`, images of another size are first resized to it on `device` (resize_batch);
+    `images` may then be a list of (H, W, 3) uint8 tensors of different sizes (collate gives one
+    when a batch mixes sizes), and the result keeps their order.
     """
-    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2)  # a view: NHWC in memory
+    if img_size is not None:
+        return normalize_batch(resize_batch(images, img_size, device), mean, std, device)
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = images.permute(0, 3, 1, 2)  # a view: NHWC in memory
     mean, std = channel_stats(tuple(mean), tuple(std), images.device)
     return images.float().div_(255).sub_(mean).div_(std)
+
+
+def resize_batch(images: torch.Tensor | list, img_size: int,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) images, or a list of (H, W, 3) of mixed sizes -> (N, 3, S, S) float32
+    holding whole numbers 0-255 on `device`, channels-last: PIL's resize to S x S, on the device.
+
+    Each group of same-size images moves as uint8 and is resized in one call. PIL's bilinear
+    resize is reproduced step by step: a triangle filter widened by the scale when shrinking
+    (`antialias=True`), pixel centres at half-pixels (`align_corners=False`), the horizontal pass
+    first, each pass rounded to uint8 as PIL stores it. What is left is PIL's fixed-point weights
+    against float32: DEVICE_RESIZE_TOLERANCE.
+    """
+    device = torch.device(device)
+    if isinstance(images, torch.Tensor):
+        images = list(images) if images.shape[1:3] != (img_size, img_size) else [images]
+        if len(images) == 1 and images[0].dim() == 4:  # already the right size: one copy
+            return images[0].to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    out = torch.empty(len(images), 3, img_size, img_size, device=device,
+                      memory_format=torch.channels_last)
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    for indices in groups.values():
+        group = torch.stack([images[i] for i in indices]) if len(indices) > 1 \
+            else images[indices[0]][None]
+        out[indices] = pil_bilinear(group.to(device, non_blocking=True).permute(0, 3, 1, 2),
+                                    img_size)
+    return out
+
+
+def pil_bilinear(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """PIL's two-pass bilinear resize of (N, 3, H, W) pixels to size x size, as float32 whole
+    numbers 0-255: width first, then height, each pass rounded half up and clipped as PIL's uint8
+    intermediate image is. The same float32 steps on every device (torch's uint8 CPU kernel was
+    no closer to PIL, and CUDA has none); PIL's fixed-point weights against float32 leave
+    DEVICE_RESIZE_TOLERANCE."""
+    height, width = pixels.shape[-2:]
+    pixels = pixels.float()
+    if width != size:
+        pixels = F.interpolate(pixels, size=(height, size), mode="bilinear", antialias=True,
+                               align_corners=False).add_(0.5).floor_().clamp_(0, 255)
+    if height != size:
+        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False).add_(0.5).floor_().clamp_(0, 255)
+    return pixels
 
 
 @functools.lru_cache(maxsize=16)
@@ -138,10 +270,12 @@ class ImageDataset(Dataset):
     raising, and `collate_skipping` batches it apart: a folder is checked while it is predicted.
     """
 
-    def __init__(self, items: list[tuple[Path, int]], transform, skip_unreadable: bool = False):
+    def __init__(self, items: list[tuple[Path, int]], transform, skip_unreadable: bool = False,
+                 decode_size: int | None = None):
         self.items = [(Path(path), int(label)) for path, label in items]
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.decode_size = decode_size  # decode a large JPEG at reduced size for this side
 
     def __len__(self) -> int:
         return len(self.items)
@@ -149,8 +283,8 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int):
         path, label = self.items[index]
         if not self.skip_unreadable:
-            return self.transform(open_image(path)), label, index
-        image, reason = try_open_image(path)
+            return self.transform(open_image(path, self.decode_size)), label, index
+        image, reason = try_open_image(path, self.decode_size)
         if image is None:
             return None, reason, index
         return self.transform(image), label, index
@@ -161,10 +295,13 @@ def collate(samples):
     are stacked by NumPy, on one thread: torch.stack starts OpenMP threads, which for a few MB of
     pixels cost more than they save, and far more while another process holds a core (a stall of
     up to a second per batch, measured on 2 busy cores). In a worker (one thread) default_collate
-    stacks straight into shared memory, which saves a copy on the way to the main process."""
+    stacks straight into shared memory, which saves a copy on the way to the main process.
+    Images of different sizes (handed over for a device resize) stay a list, in order."""
+    images, labels, indices = zip(*samples)
+    if len({tuple(image.shape) for image in images}) > 1:
+        return list(images), torch.tensor(labels), torch.tensor(indices)
     if get_worker_info() is not None:
         return default_collate(samples)
-    images, labels, indices = zip(*samples)
     return (torch.from_numpy(np.stack([image.numpy() for image in images])),
             torch.tensor(labels), torch.tensor(indices))
 
@@ -197,12 +334,15 @@ def default_num_workers(device: torch.device | str = "cpu") -> int:
 
 def make_loader(items, transform, batch_size: int = 32, sampler=None,
                 generator: torch.Generator | None = None, num_workers: int | None = None,
-                device: torch.device | str = "cpu", skip_unreadable: bool = False) -> DataLoader:
+                device: torch.device | str = "cpu", skip_unreadable: bool = False,
+                decode_size: int | None = None) -> DataLoader:
     """Batches of (images, labels, indices) in `sampler` order (default: as listed); with
-    skip_unreadable, (images, labels, indices, failures) as `collate_skipping` makes them."""
+    skip_unreadable, (images, labels, indices, failures) as `collate_skipping` makes them.
+    `decode_size`: large JPEGs are decoded at reduced size for a resize to it (decode_size())."""
     num_workers = default_num_workers(device) if num_workers is None else num_workers
     return DataLoader(
-        ImageDataset(items, transform, skip_unreadable), batch_size=batch_size, sampler=sampler,
+        ImageDataset(items, transform, skip_unreadable, decode_size), batch_size=batch_size,
+        sampler=sampler,
         generator=generator, num_workers=num_workers,
         collate_fn=collate_skipping if skip_unreadable else collate,
         pin_memory=torch.device(device).type == "cuda",  # faster host-to-GPU copies

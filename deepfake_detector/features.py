@@ -3,8 +3,9 @@
 With the backbone frozen, an image's features never change while the head trains, so pushing every
 image through ResNet-18 again each epoch only repeats work. One pass here, then every epoch of
 training costs milliseconds. The cache key covers everything the features depend on (the files'
-bytes, their order and labels, image size, normalisation, augmentation, the backbone's exact
-weights, library versions), so a change can never serve stale features.
+bytes, their order and labels, image size, how they are decoded and resized, normalisation,
+augmentation, the backbone's exact weights, library versions), so a change can never serve stale
+features.
 """
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ import torch
 import torchvision
 from .progress import tqdm
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, make_loader, normalize_batch, uint8_transform
+from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, make_loader, normalize_batch,
+                   pixel_transform, resolve_resize)
 from .model import backbone_features, backbone_fingerprint
 
-CACHE_FORMAT = 2  # 2: images.py decodes 16-bit, float and transparent images differently
+# 2: images.py decodes 16-bit, float and transparent images differently; 3: the key holds the
+# decode mode (reduced-size JPEG decoding) and where the resize ran (PIL or the device)
+CACHE_FORMAT = 3
 # Feature sets larger than this are stored as float16 on disk (half the size; ~1e-3 relative error).
 FLOAT16_ABOVE_N_IMAGES = 100_000
 
@@ -90,20 +94,26 @@ def lagged(outputs):
 def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      augmentation=None, batch_size: int = 64, device=None,
                      num_workers: int | None = None, desc: str = "features",
-                     seed: int = 0) -> torch.Tensor:
+                     seed: int = 0, decode: str = "full", resize: str = "auto") -> torch.Tensor:
     """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU.
 
     With `augmentation`, each call draws one augmented view per image (seeded). Workers decode
-    and resize to uint8; this process normalises each batch and runs the backbone on it.
+    (`decode`: "draft" decodes large JPEGs at reduced size, data.DECODE_MODES) and, with the
+    "pil" resize, resize to uint8; this process resizes ("device"), normalises each batch and
+    runs the backbone on it. `resize`: data.RESIZE_MODES ("auto": the device's default).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    resize = resolve_resize(resize, device, augmentation)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the augmentation draws from the global generator in each worker
-    loader = make_loader(items, uint8_transform(img_size, augmentation), batch_size,
-                         generator=generator, num_workers=num_workers, device=device)
+    loader = make_loader(items, pixel_transform(img_size, resize, augmentation), batch_size,
+                         generator=generator, num_workers=num_workers, device=device,
+                         decode_size=decode_size(decode, img_size))
+    on_device = img_size if resize == "device" else None
     features = None  # sized by the backbone's output, whatever head sits on top (a notebook's own)
     with inference_pass(model, device):
-        batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device)))
+        batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device,
+                                                                      on_device)))
                    for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False))
         for indices, output in lagged(batches):
             if features is None:
@@ -124,11 +134,15 @@ def files_digest(items) -> str:
 
 
 def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
-              precision: torch.dtype = torch.float32) -> str:
-    """`precision`: what the backbone computed in (bf16 features on a GPU are not fp32 ones)."""
+              precision: torch.dtype = torch.float32, decode: str = "full",
+              resize: str = "pil") -> str:
+    """`precision`: what the backbone computed in (bf16 features on a GPU are not fp32 ones).
+    `decode` ("draft", "full") and `resize` ("pil", "device": resolved, never "auto"): the
+    pixels differ slightly between them, so their features are kept apart."""
     material = {
         "format": CACHE_FORMAT, "files": files_digest(items), "n": len(items),
-        "img_size": img_size, "mean": list(mean), "std": list(std),
+        "img_size": img_size, "decode": decode, "resize": resize,
+        "mean": list(mean), "std": list(std),
         "augmentation": augmentation or None, "n_views": n_views,
         "seed": seed if augmentation else None,
         "backbone": backbone_fingerprint(model), "precision": str(precision),
@@ -140,18 +154,21 @@ def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
 def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     cache_dir: str | Path | None = None, augmentation=None, n_views: int = 1,
                     batch_size: int = 64, device=None, num_workers=None, seed: int = 0,
-                    desc: str = "features", log=print) -> torch.Tensor:
+                    desc: str = "features", log=print, decode: str = "full",
+                    resize: str = "auto") -> torch.Tensor:
     """Features of `items`, from the cache when the exact same ones were extracted before.
 
     Returns (N, 512), or (n_views, N, 512) with augmentation: K augmented views per image, so
-    augmentation costs K backbone passes in all instead of one per epoch.
+    augmentation costs K backbone passes in all instead of one per epoch. `decode`, `resize`:
+    as extract_features.
     """
     views = n_views if augmentation else 1
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    resize = resolve_resize(resize, device, augmentation)
     path = None
     if cache_dir is not None:
         key = cache_key(model, items, img_size, mean, std, augmentation, views, seed,
-                        autocast_dtype(device))
+                        autocast_dtype(device), decode, resize)
         path = Path(cache_dir) / f"features-{key[:24]}.pt"
         if path.exists():
             stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -161,11 +178,12 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
     if augmentation:
         features = torch.stack([
             extract_features(model, items, img_size, mean, std, augmentation, batch_size, device,
-                             num_workers, f"{desc} view {v + 1}/{views}", seed=seed + v)
+                             num_workers, f"{desc} view {v + 1}/{views}", seed=seed + v,
+                             decode=decode, resize=resize)
             for v in range(views)])
     else:
         features = extract_features(model, items, img_size, mean, std, None, batch_size, device,
-                                    num_workers, desc, seed=seed)
+                                    num_workers, desc, seed=seed, decode=decode, resize=resize)
     seconds = time.perf_counter() - start
     log(f"{desc}: extracted {len(items) * views} images in {seconds:.1f} s "
         f"({len(items) * views / max(seconds, 1e-9):.1f} images/s)")

@@ -33,8 +33,8 @@ from torch import nn
 from .progress import tqdm
 
 from . import CLASS_TO_IDX
-from .data import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, normalize_batch,
-                   train_transform, uint8_transform)
+from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, eval_transform, make_loader,
+                   normalize_batch, pixel_transform, resolve_resize, train_transform)
 from .evaluate import write_report, write_table
 from .features import channels_last
 from .inference import load_run
@@ -104,16 +104,21 @@ class TrainedPart:
 
 
 def layer3_outputs(model, items, img_size: int, mean, std, batch_size: int, device, num_workers,
-                   desc: str) -> torch.Tensor:
+                   desc: str, decode: str = "full", resize: str = "pil") -> torch.Tensor:
     """layer3 outputs of `items`, in order, on the CPU (decoded to uint8 in workers, normalised
-    per batch, as features.extract_features does). no_grad rather than inference_mode: layer4
-    trains on these, and autograd refuses inference-mode tensors as saved inputs."""
-    loader = make_loader(items, uint8_transform(img_size), batch_size, num_workers=num_workers,
-                         device=device)
+    per batch, as features.extract_features does, with its `decode` and `resize`). no_grad rather
+    than inference_mode: layer4 trains on these, and autograd refuses inference-mode tensors as
+    saved inputs."""
+    resize = resolve_resize(resize, device)
+    loader = make_loader(items, pixel_transform(img_size, resize), batch_size,
+                         num_workers=num_workers, device=device,
+                         decode_size=decode_size(decode, img_size))
+    on_device = img_size if resize == "device" else None
     outputs = None
     with torch.no_grad():
         for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
-            batch = up_to_layer3(model, normalize_batch(images, mean, std, device)).float().cpu()
+            batch = up_to_layer3(model, normalize_batch(images, mean, std, device,
+                                                        on_device)).float().cpu()
             if outputs is None:
                 outputs = torch.empty(len(items), *batch.shape[1:])
             outputs[indices] = batch
@@ -136,6 +141,7 @@ def phase2_config(parent: Path, out: Path, **settings) -> FinetuneConfig:
         raise FileNotFoundError(f"No config.json in {parent}: is it a run directory made by "
                                 "`python -m deepfake_detector train`?")
     recorded = json.loads(path.read_text())
+    recorded.setdefault("decode", "full")  # a run from before decode modes decoded in full
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     config = FinetuneConfig(**{k: v for k, v in recorded.items() if k in known})
     return dataclasses.replace(config, out_dir=str(out), parent_run=str(parent), overwrite=False,
@@ -228,7 +234,8 @@ def fit_on_layer3_outputs(model, part: TrainedPart, config: FinetuneConfig, trai
     """fit_layer4's cached path: layer3 outputs computed once, layer4 + head trained on them."""
     device = next(model.parameters()).device
     common = dict(img_size=config.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  batch_size=64, device=device, num_workers=config.num_workers)
+                  batch_size=64, device=device, num_workers=config.num_workers,
+                  decode=config.decode, resize=config.resize)
     train_x = layer3_outputs(model, train_items, desc="train layer3", **common)
     val_x = layer3_outputs(model, val_items, desc="val layer3", **common)
     train_y = torch.tensor([y for _, y in train_items])

@@ -44,7 +44,7 @@ from PIL import Image
 from torch import nn
 
 from . import CLASS_NAMES, CLASS_TO_IDX
-from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, open_image
+from .data import IMAGENET_MEAN, IMAGENET_STD, decode_size, eval_transform, open_image, run_decode
 from .figures import paper_style
 from .images import ImageLoadError, decode_image
 from .manifest import recording
@@ -325,7 +325,8 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                    max_images: int | None = None, mask_paths: Sequence | None = None,
                    colormap: int = cv2.COLORMAP_JET, image_weight: float = 0.5,
                    per_outcome: int = 3, sheet_paths: Sequence | None = None,
-                   layer: nn.Module | None = None, max_side: int = OVERLAY_MAX_SIDE) -> dict:
+                   layer: nn.Module | None = None, max_side: int = OVERLAY_MAX_SIDE,
+                   decode: str = "full") -> dict:
     """Grad-CAM for many images, one batch in memory at a time; writes under out_dir:
 
         overlays/{tp,tn,fp,fn}/NAME__p0.973.png   (pred_fake/ pred_real/ for unlabelled images):
@@ -349,6 +350,8 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
     "complete": false), and the same call again carries on from there.
     device: moves the model there (default: where it is). Other files in out_dir stay.
     layer: the layer explained (default model.layer4[-1]).
+    decode: how the model's input is decoded, as the run was trained ("draft": a large JPEG at
+    reduced size, data.DECODE_MODES); the overlay is drawn on a full decode all the same.
     """
     out_dir = Path(out_dir)
     if device is not None:
@@ -371,7 +374,9 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
     target_name = target if isinstance(target, str) else "per image"
     fingerprint = hashlib.sha256(json.dumps(
         [[str(p) for p in paths], [label_name(y) for y in labels], target_name, img_size,
-         list(mean), list(std), max_side], default=str).encode()).hexdigest()
+         list(mean), list(std), max_side] + ([decode] if decode != "full" else []),
+        default=str).encode()).hexdigest()
+    target_size = decode_size(decode, img_size)
     rows, raw_cams, skipped, n_done = resume(out_dir, fingerprint)
     used_names = {(r["outcome"], Path(r["overlay"]).stem) for r in rows}
     best = {}  # outcome -> heap of the most confident examples (min-heap on confidence)
@@ -406,14 +411,18 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                 while n_done < len(paths) and len(batch) < batch_size:
                     i, n_done = n_done, n_done + 1
                     try:
-                        image, facts = decode_image(paths[i])
+                        image, facts = decode_image(paths[i], target_size=target_size)
                         if facts["frames"] > 1:
                             several_frames.append(f"{paths[i]}: {facts['frames']} frames")
+                        # The model's input came from a reduced decode: the overlay is drawn on
+                        # the picture itself.
+                        shown = image if facts["draft_scale"] == 1 else decode_image(paths[i])[0]
                     except ImageLoadError as error:
                         skipped.append((str(paths[i]), str(error)))
                         continue
                     tensors.append(transform(image))  # the model sees what predict sees
-                    displays.append(display_image(image, max_side))
+                    displays.append(display_image(shown, max_side))
+                    del shown
                     batch.append(i)
                     del image  # a huge original is dropped as soon as its copies exist
                 if not batch:
@@ -598,7 +607,8 @@ def explain_run(run_dir, images: Sequence, out_dir, target: str = "predicted", m
                       for f in files]
     return explain_images(model, files, out_dir, checkpoint["img_size"], checkpoint["mean"],
                           checkpoint["std"], labels=labels, target=target, batch_size=batch_size,
-                          max_images=max_images, mask_paths=mask_paths)
+                          max_images=max_images, mask_paths=mask_paths,
+                          decode=run_decode(checkpoint))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,17 @@ What an image mode becomes (the model sees 8-bit RGB):
 * Multi-frame files (animated GIF, WebP or PNG, multi-page TIFF): the first frame; `facts`
   records how many frames there were, so callers can say so.
 * EXIF orientation (phone photos) is applied.
+
+Reduced-size decoding (`target_size`): a JPEG stores 8x8 blocks of frequencies, and libjpeg can
+decode them at 1/2, 1/4 or 1/8 scale directly, for a fraction of the full decode's work (PIL's
+`draft`). Given the size the model will resize to, a large JPEG is decoded at the smallest of
+those scales that still leaves at least `target_size` pixels in both dimensions (1280 x 1024 for
+224: 1/4, 320 x 256), and the usual resize follows. The pixels differ slightly from a full decode
+followed by the same resize (libjpeg's scaled IDCT is its own low-pass filter), so a run records
+whether it decoded this way and every later use of the run decodes as it did. Only JPEG has this:
+PNG, WebP and the other formats always decode in full (PIL's `reduce` works on the decoded image,
+so it would save no decoding), and a JPEG already within twice the target is left as it is.
+The header checks (pixel limit, `facts`) use the file's own size, before any reduction.
 """
 from __future__ import annotations
 
@@ -66,13 +77,18 @@ def regular_file_problem(path: str | os.PathLike) -> str | None:
     return f"{kind}, not a regular file: not read"
 
 
-def decode_image(source, verify: bool = True) -> tuple[Image.Image, dict]:
-    """(8-bit RGB PIL image, facts of the file: format, width, height, mode, frames).
+def decode_image(source, verify: bool = True,
+                 target_size: int | None = None) -> tuple[Image.Image, dict]:
+    """(8-bit RGB PIL image, facts of the file: format, width, height, mode, frames, and
+    draft_scale: 1, 2, 4 or 8, the reduction the decode applied).
 
     `source`: a path, or a binary file-like object (an upload). Raises ImageLoadError, whose
     message is the reason alone (callers add the file's name). With `verify`, PIL's structural
-    check runs first (PNG checksums); the full decode then catches a truncated file, even where
-    another library told PIL to tolerate those.
+    check runs first (PNG checksums; for JPEG PIL has none, so it checks nothing there); the
+    decode then catches a truncated file, even where another library told PIL to tolerate those:
+    a reduced-size JPEG decode still reads every byte of the file, so it fails on the same files.
+    `target_size`: the side the image will be resized to; a large JPEG is decoded at reduced size
+    (the module's docstring). None: the full decode.
     """
     if isinstance(source, (str, os.PathLike)):
         problem = regular_file_problem(source)
@@ -81,11 +97,21 @@ def decode_image(source, verify: bool = True) -> tuple[Image.Image, dict]:
         if os.path.getsize(source) == 0:
             raise ImageLoadError("empty file (0 bytes)")
         with open(source, "rb") as f:  # not read whole: PIL reads what the decode needs
-            return _decode(f, verify)
-    return _decode(source, verify)
+            return _decode(f, verify, target_size)
+    return _decode(source, verify, target_size)
 
 
-def _decode(f, verify: bool) -> tuple[Image.Image, dict]:
+def draft_scale(image: Image.Image, target_size: int | None) -> int:
+    """Ask PIL for a reduced-size decode of a JPEG (before its pixels are read) at the smallest
+    of 1/2, 1/4, 1/8 that keeps both sides >= target_size; returns the factor (1: none)."""
+    if not target_size or image.format != "JPEG":
+        return 1  # PNG, WebP, ...: no reduced decode exists, they decode in full
+    full_width = image.width
+    image.draft(image.mode, (target_size, target_size))  # JPEG only: a no-op elsewhere anyway
+    return max(1, round(full_width / image.width))
+
+
+def _decode(f, verify: bool, target_size: int | None = None) -> tuple[Image.Image, dict]:
     tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         start = f.tell() if f.seekable() else None
@@ -106,6 +132,7 @@ def _decode(f, verify: bool) -> tuple[Image.Image, dict]:
             facts = {"format": image.format, "width": image.width, "height": image.height,
                      "mode": image.mode, "frames": getattr(image, "n_frames", 1)}
             image.seek(0)
+            facts["draft_scale"] = draft_scale(image, target_size)
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # phone photos: rotation from EXIF
             return to_rgb(image), facts
@@ -158,11 +185,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if mode == "RGB" else image.convert("RGB")
 
 
-def open_rgb(source) -> Image.Image:
+def open_rgb(source, target_size: int | None = None) -> Image.Image:
     """The RGB picture of `source` (a path or a binary file-like object); ImageLoadError names
-    the file and says what to do."""
+    the file and says what to do. `target_size`: decode a large JPEG at reduced size for a
+    resize to that side (decode_image)."""
     try:
-        return decode_image(source)[0]
+        return decode_image(source, target_size=target_size)[0]
     except ImageLoadError as error:
         raise ImageLoadError(f"Cannot read image {describe(source)}: {error}. Remove or replace "
                              "the file (split and predict list such files and leave them out).") \

@@ -1,7 +1,7 @@
 """Use a trained run: load it, predict P(fake) for any number of images, evaluate it on a folder.
 
 A run directory is all that is needed: the checkpoint carries the weights, the image size, the
-normalisation and the decision threshold. Images stream through in batches, so memory stays flat
+decode mode it was trained with, the normalisation and the decision threshold. Images stream through in batches, so memory stays flat
 whether the folder holds a hundred images or a million.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from .progress import tqdm
 
-from .data import make_loader, normalize_batch, uint8_transform
+from .data import (decode_size, make_loader, normalize_batch, pixel_transform, resolve_resize,
+                   run_decode)
 from .features import inference_pass, lagged
 from .images import warn_multi_frame
 from .manifest import recording
@@ -85,16 +86,20 @@ def decision_threshold(checkpoint: dict) -> float:
 
 def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
                        num_workers: int | None = None, desc: str = "predict",
-                       failures: list | None = None):
+                       failures: list | None = None, decode: str = "full", resize: str = "auto"):
     """Yield (indices, P(fake)) a batch at a time, in the order of `items`.
 
     Only a batch of images is ever in memory (plus what the loader's workers prefetch). Unreadable
     files raise; given a `failures` list, they are skipped and (index, reason) appended to it.
+    `decode`: the run's decode mode (data.run_decode); `resize`: data.RESIZE_MODES.
     """
     device = next(model.parameters()).device
     skip_unreadable = failures is not None
-    loader = make_loader(items, uint8_transform(img_size), batch_size, num_workers=num_workers,
-                         device=device, skip_unreadable=skip_unreadable)
+    resize = resolve_resize(resize, device)
+    on_device = img_size if resize == "device" else None
+    loader = make_loader(items, pixel_transform(img_size, resize), batch_size,
+                         num_workers=num_workers, device=device, skip_unreadable=skip_unreadable,
+                         decode_size=decode_size(decode, img_size))
 
     def batches():
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
@@ -102,7 +107,7 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
             if skip_unreadable:
                 failures.extend(batch[3])
             if len(indices):
-                logits = model(normalize_batch(images, mean, std, device)).float()
+                logits = model(normalize_batch(images, mean, std, device, on_device)).float()
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
     with inference_pass(model, device):
@@ -112,7 +117,8 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
 
 def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
                          num_workers: int | None = None, desc: str = "predict",
-                         skip_unreadable: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
+                         skip_unreadable: bool = False, decode: str = "full",
+                         resize: str = "auto") -> tuple[np.ndarray, list[tuple[int, str]]]:
     """(P(fake) per item, in order; [(index, reason)] of the files that could not be read).
 
     What grows with the number of images is one float per image. Unreadable files raise, or with
@@ -121,15 +127,17 @@ def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int
     probabilities = np.full(len(items), np.nan)
     failures = [] if skip_unreadable else None
     for indices, batch in iter_probabilities(model, items, img_size, mean, std, batch_size,
-                                             num_workers, desc, failures):
+                                             num_workers, desc, failures, decode, resize):
         probabilities[indices] = batch
     return probabilities, sorted(failures or [])
 
 
 def predict_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
-                          num_workers: int | None = None, desc: str = "predict") -> np.ndarray:
+                          num_workers: int | None = None, desc: str = "predict",
+                          decode: str = "full", resize: str = "auto") -> np.ndarray:
     """P(fake) for each (path, label) in `items`, in order; one batch in memory at a time."""
-    return stream_probabilities(model, items, img_size, mean, std, batch_size, num_workers, desc)[0]
+    return stream_probabilities(model, items, img_size, mean, std, batch_size, num_workers, desc,
+                                decode=decode, resize=resize)[0]
 
 
 def list_images(paths) -> list[Path]:
@@ -193,7 +201,8 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
     failures, n_predicted = [], 0
     for indices, probabilities in iter_probabilities(
             model, [(f, -1) for f in files], checkpoint["img_size"], checkpoint["mean"],
-            checkpoint["std"], batch_size, num_workers, failures=failures):
+            checkpoint["std"], batch_size, num_workers, failures=failures,
+            decode=run_decode(checkpoint)):
         for i, p in zip(indices.tolist(), probabilities.tolist()):
             n_predicted += 1
             yield {"image_id": ids[i], "prediction": p,
@@ -243,7 +252,8 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     split = split if is_split else "all"
     probabilities, failures = stream_probabilities(
         model, items, checkpoint["img_size"], checkpoint["mean"], checkpoint["std"], batch_size,
-        num_workers, desc=f"evaluate {split}", skip_unreadable=True)
+        num_workers, desc=f"evaluate {split}", skip_unreadable=True,
+        decode=run_decode(checkpoint))
     if failures:  # listed in one warning, left out of the metrics; fail only when none is left
         warn_skipped([(items[i][0], why) for i, why in failures])
         readable = np.isfinite(probabilities)

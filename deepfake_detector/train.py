@@ -40,7 +40,7 @@ from . import CLASS_TO_IDX, __version__
 from .audit import AuditWarning, audit_split
 from .demo_data import synthetic_origin
 from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
-    train_transform
+    train_transform, check_decode, decode_size, normalize_batch, own_size_transform, resolve_resize
 from .features import cached_features, channels_last
 from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
                        start_run_dir)
@@ -62,6 +62,11 @@ class TrainConfig:
     out_dir: str = ""                   # the run directory; empty: outputs/runs/<date-time>
     weights: str = "imagenet"           # "imagenet", "none" (random init) or a .pth path
     img_size: int = 224                 # ResNet-18's native input; smaller is faster, coarser CAMs
+    decode: str = "draft"               # "draft": large JPEGs decoded at reduced size (the nearest
+                                        # 1/2, 1/4, 1/8 at or above img_size), "full": every pixel.
+                                        # Recorded in the checkpoint: predict decodes the same way
+    resize: str = "auto"                # "pil" per image in the workers, "device" per batch where
+                                        # the model runs; "auto": PIL on the CPU, device on a GPU
     # The default recipe, chosen by measurement (README, "The default recipe"). The seed recipe
     # was epochs 50, lr 1e-4, patience 5, standardize False, lr_plateau_patience 0: it stopped at
     # its epoch budget, 0.1 ROC-AUC short of what the features allow on CIFAKE.
@@ -230,6 +235,8 @@ def check_config(config: TrainConfig) -> None:
         whole("epochs", 1)
     if config.num_workers is not None:
         whole("num_workers", 0)
+    check_decode(config.decode)
+    resolve_resize(config.resize, "cpu")  # only checks the name here
     whole("lr_plateau_patience", 0)
     if not (isinstance(config.lr_plateau_factor, numbers.Real)
             and 0 < config.lr_plateau_factor < 1):
@@ -398,11 +405,22 @@ def feature_batches(features, labels, batch_size, order=None):
         yield features[index], labels[index]
 
 
-def image_batches(items, transform, config, order, device):
-    """The plain loop's batches: decode and push images each time (augmenting on the fly)."""
+def image_batches(items, transform, config, order, device, augmentation=None):
+    """The plain loop's batches: decode and push images each time (augmenting on the fly).
+    Decoded and resized as the cached path's extraction does (config.decode, config.resize),
+    in `order`, so both paths see the same pixels in the same batches."""
     sampler = None if order is None else order.tolist()
+    size = decode_size(getattr(config, "decode", "full"), config.img_size)
+    if resolve_resize(getattr(config, "resize", "pil"), device, augmentation) == "device":
+        loader = make_loader(items, own_size_transform(config.img_size), config.batch_size,
+                             sampler=sampler, num_workers=config.num_workers, device=device,
+                             decode_size=size)
+        for images, labels, _ in loader:
+            yield normalize_batch(images, IMAGENET_MEAN, IMAGENET_STD, device,
+                                  config.img_size), labels
+        return
     loader = make_loader(items, transform, config.batch_size, sampler=sampler,
-                         num_workers=config.num_workers, device=device)
+                         num_workers=config.num_workers, device=device, decode_size=size)
     for images, labels, _ in loader:
         yield images.to(device).contiguous(memory_format=torch.channels_last), labels
 
@@ -487,7 +505,8 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
     train_labels = torch.tensor([y for _, y in train_items])
     val_labels = torch.tensor([y for _, y in val_items])
     common = dict(img_size=config.img_size, cache_dir=config.cache_dir or None, batch_size=64,
-                  device=device, num_workers=config.num_workers, seed=config.seed, log=log)
+                  device=device, num_workers=config.num_workers, seed=config.seed, log=log,
+                  decode=config.decode, resize=config.resize)
     start = time.perf_counter()
     # Un-augmented features of train and val: what the head trains on by default, and what the
     # standardisation, the lr finder and the probe need in any case. The plain loop and --augment
@@ -547,7 +566,8 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
             with channels_last(model):
                 history, best_epoch = fit(
                     model, head,
-                    lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device),
+                    lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device,
+                                                augmentation),
                     lambda: image_batches(val_items, val_tf, config, None, device),
                     config, pos_weight, device, log)
         finally:
@@ -688,6 +708,9 @@ def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, hi
         "model_state": model.state_dict(),
         "class_to_idx": dict(CLASS_TO_IDX),
         "img_size": config.img_size,
+        # How the images were decoded (data.DECODE_MODES): predict, evaluate, Grad-CAM and the app
+        # decode the same way. A checkpoint without it decoded in full.
+        "decode": config.decode,
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "threshold": 0.5,
         "weights": weights_record,

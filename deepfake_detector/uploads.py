@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import normalize_batch, try_decode_image, uint8_transform
+from .data import decode_size, normalize_batch, run_decode, try_decode_image, uint8_transform
 # At import, not at the first download: evaluate pulls in scikit-learn and matplotlib (2.4 s the
 # first time on 2 busy cores), which the app's first user would otherwise wait for.
 from .evaluate import load_json, write_prediction_rows
@@ -197,13 +197,15 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
     """Verdict, P(fake), confidence band and Grad-CAM maps (both targets) for each
     (file name, bytes), in order. Bad files get `error` and the rest still go through.
 
-    The model input is made exactly as predict makes it (resize to the run's img_size, the same
-    uint8 -> normalised steps), so P(fake) is predict's P(fake) for the same file. One forward
+    The model input is made exactly as predict makes it (decoded as the run was trained, a large
+    JPEG at reduced size for a "draft" run; resize to the run's img_size, the same uint8 ->
+    normalised steps), so P(fake) is predict's P(fake) for the same file. One forward
     and one backward pass per batch of `batch_size` images; only a batch is decoded at a time.
     """
     img_size, mean, std = checkpoint["img_size"], checkpoint["mean"], checkpoint["std"]
     threshold = decision_threshold(checkpoint)
     to_pixels = uint8_transform(img_size)
+    target_size = decode_size(run_decode(checkpoint), img_size)
     device = next(model.parameters()).device
     ids = unique_ids([name for name, _ in uploads])
     results = []
@@ -212,8 +214,8 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
         for k, (name, data) in enumerate(uploads[start:start + batch_size]):
             result = decode_upload(name, data, max_bytes, max_pixels)
             result.image_id = ids[start + k]
-            if result.ok:  # the model's input from the full image, then only a bounded copy kept
-                pixels.append(to_pixels(result.image))
+            if result.ok:  # the model's input as predict decodes it, then only a bounded copy kept
+                pixels.append(to_pixels(model_image(result.image, data, target_size)))
                 result.image = shrunk(result.image, KEEP_MAX_SIDE)
                 result.preview = shrunk(result.image, PREVIEW_MAX_SIDE)
                 result.preview_png = png_bytes(result.preview)
@@ -233,6 +235,16 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
                 result.raw_cams = {t: maps[t][k] for t in TARGETS}
         results += batch
     return results
+
+
+def model_image(image: Image.Image, data: bytes, target_size: int | None) -> Image.Image:
+    """The picture the model sees: `image` (the full decode, kept for display) itself, or, for a
+    run that decodes large JPEGs at reduced size, that reduced decode of the same bytes (the
+    first decode already vetted them: size, pixel limit, format)."""
+    if target_size is None or min(image.size) < 2 * target_size:
+        return image  # no reduced decode below twice the target: the image is that decode
+    reduced, _ = try_decode_image(data, target_size)
+    return reduced if reduced is not None else image
 
 
 # ----------------------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_predict_rows_arrive_batch_by_batch(run_dir, items, tmp_path, monkeypatc
     from deepfake_detector import data
     decoded = []
     real_open = data.try_open_image
-    monkeypatch.setattr(data, "try_open_image", lambda path: decoded.append(path) or real_open(path))
+    monkeypatch.setattr(data, "try_open_image", lambda path, *rest: decoded.append(path) or real_open(path, *rest))
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(4):
