@@ -5,6 +5,8 @@
     python benchmarks/train_speed.py --device cuda --json outputs/bench-cuda.json
     python benchmarks/train_speed.py --profile        # also: where the extraction pass spends time
     python benchmarks/train_speed.py --sweep          # also: extraction vs batch size and workers
+    python benchmarks/train_speed.py --data photos --n-images 400 --epochs 1 --skip-plain \
+        --predict-images 400                          # megapixel JPEG photos (made from CIFAKE)
 
 Every figure comes from this one run, on this one machine, over the same images: a balanced,
 seeded subset of CIFAKE (real = CIFAR-10, fake = Stable Diffusion; Bird & Lotfi 2024,
@@ -18,6 +20,15 @@ Krizhevsky 2009), split 80/20 into a temporary folder by deepfake_detector.split
                       included) against the plain loop (every image through the backbone every epoch)
     predict           predict_to_file over --predict-images files into a CSV (what `predict --out`
                       does), in a child process of its own so its peak resident memory is its own
+    data path         extraction (cold cache) with the JPEGs decoded in full or at reduced size
+                      (draft), each resized per image by PIL or per batch on the device, and predict
+                      with the run's checkpoint set to each decode mode: images/s and the ratio to
+                      the raw forward, side by side, measured in alternation
+
+`--data photos`: instead of CIFAKE's 32 px files, megapixel JPEG photos made from them (each
+CIFAKE image upscaled to 1280 x 1024 with bicubic, plus film grain and a soft vignette so that
+the file is not a smooth upscale, saved at quality 90: 0.2-0.4 MB, like a camera's small JPEG).
+Any folder holding real/ and fake/ can be passed with --data instead.
 """
 from __future__ import annotations
 
@@ -46,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 # The CIFAKE sample that every checkout has beside it (../shared), never copied into the repository.
 CIFAKE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake-dev"
 QUICK = dict(n_images=200, img_size=112, epochs=3, predict_images=500, forward_images=128)
+PHOTO_SIZE = (1280, 1024)  # width, height: the issue's photos
 
 
 # --- the machine and the memory -------------------------------------------------------------
@@ -144,6 +156,34 @@ def make_split(data: Path, n_images: int, work: Path, seed: int) -> Path:
     return work / "data"
 
 
+def photo_from(image, rng, size=PHOTO_SIZE):
+    """A megapixel photo-like picture from a small one: bicubic upscale, film grain (sigma 6),
+    a soft vignette. Grain and vignette make the JPEG encoder and decoder work as on a photo."""
+    import numpy as np
+    from PIL import Image
+    big = np.asarray(image.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32)
+    y, x = np.mgrid[-1:1:size[1] * 1j, -1:1:size[0] * 1j]
+    vignette = 1 - 0.25 * (x ** 2 + y ** 2)[..., None]
+    grain = rng.normal(0, 6, big.shape).astype(np.float32)
+    return Image.fromarray(np.clip(big * vignette + grain, 0, 255).astype(np.uint8))
+
+
+def make_photo_set(source: Path, n_images: int, folder: Path, seed: int,
+                   size=PHOTO_SIZE, quality: int = 90) -> Path:
+    """n_images // 2 per class of `source` (real/, fake/) saved as `size` JPEG photos (photo_from)
+    in folder/{real,fake}: the class's own content, at a camera's size."""
+    import numpy as np
+    from PIL import Image
+    rng, draw = np.random.default_rng(seed), random.Random(seed)
+    for label, files in class_files(source).items():
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for path in draw.sample(files, min(len(files), n_images // 2)):
+            with Image.open(path) as image:
+                photo_from(image, rng, size).save(folder / label / f"{path.stem}.jpg",
+                                                  quality=quality)
+    return folder
+
+
 def make_predict_folder(data: Path, n_images: int, folder: Path) -> Path:
     """n_images links to the CIFAKE files, the whole set repeated as often as needed. Each name
     carries its round and class: real/ and fake/ hold files of the same name."""
@@ -227,6 +267,63 @@ def predict_child(run_dir: str, folder: str, batch_size: int, device: str, num_w
                       "peak_pss_with_workers_mb": getattr(sampler, "peak", None)}))
 
 
+def data_path(model, items, run_dir: str, predict_folder: Path, args, device, work: Path) -> dict:
+    """Extraction for each decode mode x resize place, and predict for each decode mode, each
+    beside the raw forward, in alternation (so a change in the machine's load hits all alike)."""
+    import shutil
+    from deepfake_detector.features import cached_features
+    runs = {}
+    for decode in ("full", "draft"):  # the trained run, its checkpoint set to each decode mode
+        runs[decode] = work / f"run-{decode}"
+        shutil.copytree(run_dir, runs[decode])
+        checkpoint = torch.load(runs[decode] / "checkpoint.pt", weights_only=True)
+        checkpoint["decode"] = decode
+        torch.save(checkpoint, runs[decode] / "checkpoint.pt")
+    items = items[:args.data_path_images]
+    figures = {"forward": [], "extraction": {}, "predict": {}}
+    for round_ in range(args.data_path_rounds):
+        for decode in ("full", "draft"):
+            for resize in ("pil", "device"):
+                start = time.perf_counter()
+                cached_features(model, items, args.img_size, batch_size=args.batch_size,
+                                cache_dir=work / f"cache-dp-{round_}-{decode}-{resize}",
+                                device=device, num_workers=args.num_workers, decode=decode,
+                                resize=resize, log=lambda message: None)
+                synchronize(device)
+                rate = len(items) / (time.perf_counter() - start)
+                figures["extraction"].setdefault(f"{decode}+{resize}", []).append(rate)
+            figures["forward"].append(raw_forward(model, args.forward_images, args.batch_size,
+                                                  args.img_size, device))
+            figures["predict"].setdefault(decode, []).append(
+                predict_in_child(str(runs[decode]), predict_folder, args)["images_per_s"])
+        print(f"data path round {round_ + 1}: " + ", ".join(
+            f"extraction {k} {v[-1]:.1f}" for k, v in figures["extraction"].items())
+            + ", predict " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in figures["predict"].items())
+            + f", raw forward {figures['forward'][-1]:.1f} img/s", flush=True)
+    best = lambda rates: max(rates)  # noqa: E731  the least disturbed of the rounds
+    return {"n_images": len(items), "rounds": args.data_path_rounds,
+            "raw_forward": best(figures["forward"]),
+            "extraction": {k: best(v) for k, v in figures["extraction"].items()},
+            "predict": {k: best(v) for k, v in figures["predict"].items()},
+            "all": figures, "load": os.getloadavg()}
+
+
+def data_path_report(d: dict, what: str) -> list[str]:
+    forward = d["raw_forward"]
+    lines = ["", f"data path: {d['n_images']} {what} (extraction), best of {d['rounds']} "
+             f"alternating rounds; load {d['load'][0]:.2f} {d['load'][1]:.2f} {d['load'][2]:.2f}",
+             f"{'':40} {'images/s':>12}   {'ratio':>8}   target",
+             f"{'raw forward (backbone), images/s':40} {forward:12.1f}"]
+    for key, rate in d["extraction"].items():
+        decode, resize = key.split("+")
+        lines.append(f"{f'extraction, {decode} decode, {resize} resize':40} {rate:12.1f}   "
+                     f"{rate / forward:7.2f}x   >= 0.85x raw forward")
+    for decode, rate in d["predict"].items():
+        lines.append(f"{f'predict, {decode} decode (resize auto)':40} {rate:12.1f}   "
+                     f"{rate / forward:7.2f}x   >= 0.85x raw forward")
+    return lines
+
+
 # --- optional: a profile and a sweep ------------------------------------------------------------
 
 PROFILE_GROUPS = {  # function name -> what it stands for, in the summary
@@ -307,7 +404,7 @@ def report(r: dict) -> str:
     lines = [
         f"deepfake-detector train_speed  {m['date']}  {m['cpu']} ({m['cores']} cores, "
         f"{m['torch_threads']} torch threads)  {m.get('gpu', m['device'])}  torch {m['torch']}",
-        f"{a['n_images']} CIFAKE images ({r['n_train']} train / {r['n_val']} val) at "
+        f"{a['n_images']} {r['what']} ({r['n_train']} train / {r['n_val']} val) at "
         f"{a['img_size']} px, batch {a['batch_size']}, workers {r['num_workers']}, "
         f"weights {r['weights']}",
         "",
@@ -339,6 +436,8 @@ def report(r: dict) -> str:
         f"{'this process peak RSS (training), MB':40} {r['peak_rss_mb']:12.0f}",
         f"{'benchmark wall time, s':40} {r['total_s']:12.0f}",
     ]
+    if r.get("data_path"):
+        lines += data_path_report(r["data_path"], r["what"])
     return "\n".join(lines)
 
 
@@ -367,7 +466,11 @@ def resolve_weights(choice: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(CIFAKE_DEV),
-                        help="a folder holding real/ and fake/ (default: ../shared/data/cifake-dev)")
+                        help='a folder holding real/ and fake/ (default: ../shared/data/cifake-dev), '
+                             'or "photos": megapixel JPEGs made from CIFAKE (see above)')
+    parser.add_argument("--data-path-images", type=int, default=400,
+                        help="images per data-path extraction (decode x resize); 0: skip it")
+    parser.add_argument("--data-path-rounds", type=int, default=2)
     parser.add_argument("--n-images", type=int, default=4000, help="balanced subset, 80/20 split")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=10)
@@ -412,9 +515,17 @@ def main(argv=None) -> dict:
               else args.num_workers}
     with tempfile.TemporaryDirectory(prefix="train_speed-") as temporary:
         work = Path(temporary)
-        data_dir = make_split(Path(args.data), args.n_images, work, args.seed)
+        source = Path(args.data)
+        result["what"] = "CIFAKE images" if source == CIFAKE_DEV else f"images of {source}"
+        if args.data == "photos":
+            n_photos = max(args.n_images, min(args.predict_images, 2000))
+            source = make_photo_set(CIFAKE_DEV, n_photos, work / "photos", args.seed)
+            result["what"] = (f"{PHOTO_SIZE[0]} x {PHOTO_SIZE[1]} JPEG photos (quality 90, made "
+                              "from CIFAKE)")
+            print(f"{n_photos} photos made in {source}", flush=True)
+        data_dir = make_split(source, args.n_images, work, args.seed)
         # Made first, so that a problem with it shows in seconds, not after the long training runs.
-        predict_folder = make_predict_folder(Path(args.data), args.predict_images, work / "predict")
+        predict_folder = make_predict_folder(source, args.predict_images, work / "predict")
         train_items = list_split(data_dir, "train")
         result["n_train"], result["n_val"] = len(train_items), len(list_split(data_dir, "val"))
         model = build_model(weights, seed=args.seed)[0].to(device)
@@ -440,6 +551,10 @@ def main(argv=None) -> dict:
         result["peak_rss_mb"] = peak_rss_mb()
 
         result["predict"] = predict_in_child(result["cached"]["run_dir"], predict_folder, args)
+        result["data_path"] = None
+        if args.data_path_images:
+            result["data_path"] = data_path(model, train_items, result["cached"]["run_dir"],
+                                            predict_folder, args, device, work)
     result["total_s"] = time.perf_counter() - begin
     print("\n" + report(result))
     if args.json:
