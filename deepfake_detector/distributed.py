@@ -84,14 +84,18 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def my_share(n_items: int, batch_size: int) -> list[int] | None:
-    """The indices of the items this rank runs, in order: whole batches i with
-    i % world_size == rank. None without torchrun (every item, as listed)."""
-    if not is_active():
-        return None
+def share_of(rank: int, world_size: int, n_items: int, batch_size: int) -> list[int]:
+    """The indices of the items rank `rank` of `world_size` runs, in order: the whole batches i
+    (of `batch_size`, cut as one process would cut them) with i % world_size == rank."""
     n_batches = -(-n_items // batch_size)
-    return [index for batch in range(rank(), n_batches, world_size())
+    return [index for batch in range(rank, n_batches, world_size)
             for index in range(batch * batch_size, min(n_items, (batch + 1) * batch_size))]
+
+
+def my_share(n_items: int, batch_size: int) -> list[int] | None:
+    """This process's share of n_items (a loader's sampler); None without torchrun (all of them,
+    as listed). Its batches of `batch_size` are the single-process batches it was dealt."""
+    return share_of(rank(), world_size(), n_items, batch_size) if is_active() else None
 
 
 def decided_by_main(value):
