@@ -98,6 +98,12 @@ def my_share(n_items: int, batch_size: int) -> list[int] | None:
     return share_of(rank(), world_size(), n_items, batch_size) if is_active() else None
 
 
+def barrier() -> None:
+    """Wait until every rank is here (one process: at once)."""
+    if is_active():
+        dist.barrier()
+
+
 def decided_by_main(value):
     """Rank 0's `value`, on every rank (one process: `value`). For decisions only rank 0 can
     make, such as whether the feature cache on its disk already holds the features."""
