@@ -11,18 +11,28 @@
     python -m deepfake_detector finetune   --run outputs/runs/r1 --lr 1e-5
     python -m deepfake_detector lr-find    --data data --weights imagenet --out outputs/lr_find
     python -m deepfake_detector app        --run outputs/runs/r1   (needs the [app] extra)
+    python -m deepfake_detector extract    --data data --weights imagenet   (fills the feature cache)
+
+On several GPUs or machines, torchrun starts one process each and splits the images among them
+(predict, evaluate, extract, and train's feature extraction); the `--` keeps torchrun's own
+options apart from the command's:
+    torchrun --nproc_per_node=4 -m deepfake_detector -- predict --run outputs/runs/r1 folder/ --out p.csv
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 from .serve import MissingExtraError
+
+# The commands that split their images among torchrun's processes; rank 0 writes their output.
+DISTRIBUTED_COMMANDS = ("predict", "evaluate", "extract", "train")
 
 
 def positive_int(text: str) -> int:
@@ -103,6 +113,27 @@ def add_train(commands):
     p.add_argument("--device", default=d.device)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+
+def add_extract(commands):
+    from .train import TrainConfig
+    d = TrainConfig()
+    p = commands.add_parser("extract", help="fill the feature cache for a split, as train would "
+                                            "(in parallel under torchrun)")
+    p.add_argument("--data", default=d.data_dir, help="folder with train/ and val/")
+    p.add_argument("--weights", required=True,
+                   help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
+    p.add_argument("--split", nargs="+", choices=["train", "val", "test"], default=None,
+                   help="default: the splits train extracts (train, val, and test if there is one)")
+    p.add_argument("--img-size", type=positive_int, default=d.img_size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--decode", choices=["draft", "full"], default=d.decode,
+                   help="as train's --decode: the cache entry train will read depends on it")
+    p.add_argument("--resize", choices=["auto", "pil", "device"], default=d.resize,
+                   help="as train's --resize")
+    p.add_argument("--cache-dir", default=d.cache_dir, help="the feature cache train reads")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--num-workers", type=int, default=None)
 
 
 def add_lr_find(commands):
@@ -231,6 +262,7 @@ def add_app(commands):
 
 
 def run(args) -> object:
+    from . import distributed  # (imports torch: not at the top, so --help stays quick)
     if args.command == "split":
         from .split import split_dataset
         summary = split_dataset(args.raw, args.out, val_fraction=args.val_fraction,
@@ -250,7 +282,22 @@ def run(args) -> object:
             standardize=not args.no_standardize, probe=not args.no_probe, seed=args.seed, augment=args.augment, augment_views=args.augment_views,
             cache_features=not args.no_feature_cache, cache_dir=args.cache_dir,
             device=args.device, num_workers=args.num_workers, overwrite=args.overwrite)
+        if distributed.is_active():
+            return train_under_torchrun(config)
         return train(config)
+    if args.command == "extract":
+        from .train import TrainConfig, extract_split_features, splits_a_run_extracts
+        config = TrainConfig(data_dir=args.data, weights=args.weights, img_size=args.img_size,
+                             seed=args.seed, decode=args.decode, resize=args.resize,
+                             cache_dir=args.cache_dir, device=args.device,
+                             num_workers=args.num_workers)
+        files = extract_split_features(config, args.split or splits_a_run_extracts(config),
+                                       log=lambda m: print(m, file=sys.stderr))
+        if distributed.is_main():
+            for split, path in files.items():
+                print(f"{split}: {path}")
+            print(f"feature cache: {Path(config.cache_dir).resolve()}")
+        return files
     if args.command == "lr-find":
         from .lr_find import lr_find_on_data
         result = lr_find_on_data(args.data, args.weights, args.out, img_size=args.img_size,
@@ -264,16 +311,20 @@ def run(args) -> object:
         from .inference import evaluate_run
         metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
                                args.device, log=lambda m: print(m, file=sys.stderr))
-        print(json.dumps(metrics, indent=2))
+        if distributed.is_main():  # under torchrun the other ranks only ran their share
+            print(json.dumps(metrics, indent=2))
         return metrics
     if args.command == "predict":
         from .evaluate import write_prediction_rows
         from .inference import iter_predictions, predict_to_file
         if args.out:  # streamed to the file batch by batch: flat memory for any number of images
             n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device)
-            print(f"{n} predictions written to {args.out}", file=sys.stderr)
+            if distributed.is_main():
+                print(f"{n} predictions written to {args.out}", file=sys.stderr)
             return n
         rows = iter_predictions(args.run, args.paths, args.batch_size, args.device)
+        if not distributed.is_main():  # this rank's share goes to rank 0, which prints them all
+            return sum(1 for _ in rows)
         return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
                                       for row in rows), sys.stdout, "json")
     if args.command == "gradcam":
@@ -331,6 +382,32 @@ def run(args) -> object:
     raise AssertionError(args.command)
 
 
+def train_under_torchrun(config):
+    """`train` under torchrun: every rank extracts its share of the features into the cache, then
+    the head (milliseconds an epoch) trains on rank 0 alone, from the cache, as a single process."""
+    from . import distributed
+    from .train import extract_split_features, splits_a_run_extracts, train
+    if not config.cache_dir:
+        raise ValueError("train under torchrun shares the extracted features through the feature "
+                         "cache: give --cache-dir (default outputs/cache), or run without torchrun.")
+    extract_split_features(config, splits_a_run_extracts(config),
+                           log=lambda m: print(m, file=sys.stderr))
+    main_rank = distributed.is_main()
+    distributed.stop()  # from here on rank 0 is a single process; the other ranks are done
+    return train(config) if main_rank else None
+
+
+def start_distributed(args) -> None:
+    """Under torchrun: join the process group, on this rank's own device (one GPU per rank)."""
+    if args.command not in DISTRIBUTED_COMMANDS:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun's processes would each do it all
+            raise ValueError(f"{args.command} does not split its work among processes: run it "
+                             f"without torchrun (torchrun runs {', '.join(DISTRIBUTED_COMMANDS)}).")
+        return
+    from . import distributed
+    args.device = distributed.start(args.device)
+
+
 def main(argv=None) -> int:
     # The command line only saves figures, never shows them: the headless backend, chosen here by
     # the application (importing the package leaves the backend alone).
@@ -343,14 +420,18 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (add_split, add_train, add_lr_find, add_evaluate, add_predict, add_gradcam,
                 add_demo_data, add_notebook, add_audit, add_robustness, add_cross_eval,
-                add_finetune, add_app):
+                add_finetune, add_app, add_extract):
         add(commands)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `python -m deepfake_detector -- predict ...`, as under torchrun
+        argv = argv[1:]
     args = parser.parse_args(argv)
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         # `kill` (a job scheduler's stop) ends a command like Ctrl-C: cleanly, and with the line.
         signal.signal(signal.SIGTERM, interrupt)
     try:
+        start_distributed(args)
         run(args)
     except (ValueError, OSError, MissingExtraError) as error:
         # Errors of the user's data or choices: one clear message, not a traceback.
@@ -361,6 +442,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     finally:
+        if "deepfake_detector.distributed" in sys.modules:
+            sys.modules["deepfake_detector.distributed"].stop()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     return 0

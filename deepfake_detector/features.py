@@ -20,6 +20,7 @@ import torch
 import torchvision
 from .progress import tqdm
 
+from . import distributed
 from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, make_loader, normalize_batch,
                    pixel_transform, resolve_resize)
 from .model import backbone_features, backbone_fingerprint
@@ -95,7 +96,8 @@ def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGEN
                      augmentation=None, batch_size: int = 64, device=None,
                      num_workers: int | None = None, desc: str = "features",
                      seed: int = 0, decode: str = "full", resize: str = "auto") -> torch.Tensor:
-    """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU.
+    """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU (under torchrun:
+    on rank 0, from every rank's share; None on the other ranks).
 
     With `augmentation`, each call draws one augmented view per image (seeded). Workers decode
     (`decode`: "draft" decodes large JPEGs at reduced size, data.DECODE_MODES) and, with the
@@ -106,7 +108,9 @@ def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGEN
     resize = resolve_resize(resize, device, augmentation)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the augmentation draws from the global generator in each worker
+    # Under torchrun, this rank's whole batches only (distributed.py); rank 0 gathers them all.
     loader = make_loader(items, pixel_transform(img_size, resize, augmentation), batch_size,
+                         sampler=distributed.my_share(len(items), batch_size),
                          generator=generator, num_workers=num_workers, device=device,
                          decode_size=decode_size(decode, img_size))
     on_device = img_size if resize == "device" else None
@@ -115,10 +119,13 @@ def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGEN
         batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device,
                                                                       on_device)))
                    for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False))
-        for indices, output in lagged(batches):
+        on_cpu = ((indices, output.float().cpu()) for indices, output in lagged(batches))
+        for indices, output in distributed.in_input_order(on_cpu):
             if features is None:
                 features = torch.empty(len(items), output.shape[1])
-            features[indices] = output.float().cpu()
+            features[indices] = output
+    if not distributed.is_main():
+        return None  # its share went to rank 0
     return features if features is not None else torch.empty(0, 512)
 
 
@@ -151,6 +158,15 @@ def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
+def cache_file(model, items, img_size: int, mean, std, augmentation, n_views: int, seed: int,
+               device: torch.device, cache_dir: str | Path, decode: str = "full",
+               resize: str = "pil") -> Path:
+    """Where cached_features keeps (or finds) these features: named by their cache key."""
+    key = cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
+                    autocast_dtype(device), decode, resize)
+    return Path(cache_dir) / f"features-{key[:24]}.pt"
+
+
 def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     cache_dir: str | Path | None = None, augmentation=None, n_views: int = 1,
                     batch_size: int = 64, device=None, num_workers=None, seed: int = 0,
@@ -160,20 +176,26 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
 
     Returns (N, 512), or (n_views, N, 512) with augmentation: K augmented views per image, so
     augmentation costs K backbone passes in all instead of one per epoch. `decode`, `resize`:
-    as extract_features.
+    as extract_features. Under torchrun every rank extracts its share; rank 0 returns (and
+    caches) all of them, the other ranks None.
     """
     views = n_views if augmentation else 1
     device = torch.device(device) if device is not None else next(model.parameters()).device
     resize = resolve_resize(resize, device, augmentation)
     path = None
-    if cache_dir is not None:
-        key = cache_key(model, items, img_size, mean, std, augmentation, views, seed,
-                        autocast_dtype(device), decode, resize)
-        path = Path(cache_dir) / f"features-{key[:24]}.pt"
-        if path.exists():
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            log(f"{desc}: {len(items)} images from the feature cache ({path.name})")
-            return stored["features"].float()
+    if cache_dir is not None and distributed.is_main():  # under torchrun, the cache is rank 0's
+        path = cache_file(model, items, img_size, mean, std, augmentation, views, seed, device,
+                          cache_dir, decode, resize)
+    if distributed.decided_by_main(path is not None and path.exists()):
+        if not distributed.is_main():
+            return None
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        log(f"{desc}: {len(items)} images from the feature cache ({path.name})")
+        return stored["features"].float()
+    if augmentation and distributed.is_active():
+        raise ValueError("Augmented views are drawn from one random stream, image after image, so "
+                         "they cannot be split across torchrun's processes and stay the same: "
+                         "extract them in one process (train --augment without torchrun).")
     start = time.perf_counter()
     if augmentation:
         features = torch.stack([
@@ -184,6 +206,8 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
     else:
         features = extract_features(model, items, img_size, mean, std, None, batch_size, device,
                                     num_workers, desc, seed=seed, decode=decode, resize=resize)
+    if not distributed.is_main():
+        return None  # under torchrun, rank 0 holds (and stores) everyone's features
     seconds = time.perf_counter() - start
     log(f"{desc}: extracted {len(items) * views} images in {seconds:.1f} s "
         f"({len(items) * views / max(seconds, 1e-9):.1f} images/s)")

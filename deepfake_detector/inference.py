@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from .progress import tqdm
 
+from . import distributed
 from .data import (decode_size, make_loader, normalize_batch, pixel_transform, resolve_resize,
                    run_decode)
 from .features import inference_pass, lagged
@@ -92,12 +93,16 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
     Only a batch of images is ever in memory (plus what the loader's workers prefetch). Unreadable
     files raise; given a `failures` list, they are skipped and (index, reason) appended to it.
     `decode`: the run's decode mode (data.run_decode); `resize`: data.RESIZE_MODES.
+    Under torchrun each rank runs its share and rank 0 yields every rank's batches, in order (at
+    the end); the other ranks yield nothing.
     """
     device = next(model.parameters()).device
     skip_unreadable = failures is not None
     resize = resolve_resize(resize, device)
     on_device = img_size if resize == "device" else None
+    # Under torchrun, this rank's whole batches only (distributed.py); rank 0 gathers them all.
     loader = make_loader(items, pixel_transform(img_size, resize), batch_size,
+                         sampler=distributed.my_share(len(items), batch_size),
                          num_workers=num_workers, device=device, skip_unreadable=skip_unreadable,
                          decode_size=decode_size(decode, img_size))
 
@@ -111,8 +116,8 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
     with inference_pass(model, device):
-        for indices, output in lagged(batches()):
-            yield indices.numpy(), output.cpu().numpy()
+        on_cpu = ((indices.numpy(), output.cpu().numpy()) for indices, output in lagged(batches()))
+        yield from distributed.in_input_order(on_cpu, failures)
 
 
 def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
@@ -207,6 +212,8 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
             n_predicted += 1
             yield {"image_id": ids[i], "prediction": p,
                    "predicted_label": "fake" if p >= threshold else "real", "path": str(files[i])}
+    if not distributed.is_main():
+        return  # under torchrun, this rank's share went to rank 0, which reports for everyone
     warn_skipped([(files[i], why) for i, why in sorted(failures)])
     warn_multi_frame(files)
     if not n_predicted:
@@ -218,7 +225,7 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
     """P(fake) for every image in `paths` (files or folders), as a list of rows; also written
     as CSV or JSON when asked. For folders too large to hold the rows, use `predict_to_file`."""
     rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers))
-    if out_file:
+    if out_file and distributed.is_main():  # under torchrun, rank 0 alone has the rows
         from .evaluate import write_predictions
         with recording(Path(out_file).parent):  # into a run's manifest, if it is in one
             write_predictions(rows, out_file)
@@ -230,6 +237,8 @@ def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str 
     """Stream P(fake) for every image in `paths` into `out_file` (.csv or .json) as the batches
     come; memory stays flat however many images there are. Returns the number of rows written."""
     from .evaluate import atomic_text_file, write_prediction_rows
+    if not distributed.is_main():  # under torchrun: run this rank's share; rank 0 writes the file
+        return sum(1 for _ in iter_predictions(run_dir, paths, batch_size, device, num_workers))
     out_file = Path(out_file)
     with recording(out_file.parent), atomic_text_file(out_file) as f:  # recorded if in a run
         return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device, num_workers),
@@ -240,7 +249,8 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
                  device: str = "auto", num_workers=None, n_bootstrap: int = 1000,
                  log=print) -> dict:
     """Metrics, figures and predictions of a run on data_dir/split (or on a plain folder holding
-    real/ and fake/, for a cross-dataset test). Written to run_dir/eval/<name>/ unless out_dir."""
+    real/ and fake/, for a cross-dataset test). Written to run_dir/eval/<name>/ unless out_dir.
+    Under torchrun, rank 0 does this with every rank's predictions; the other ranks return None."""
     from .evaluate import compute_metrics
     from .figures import plt
     from .split import split_groups
@@ -254,6 +264,8 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
         model, items, checkpoint["img_size"], checkpoint["mean"], checkpoint["std"], batch_size,
         num_workers, desc=f"evaluate {split}", skip_unreadable=True,
         decode=run_decode(checkpoint))
+    if not distributed.is_main():
+        return None  # under torchrun, this rank's share went to rank 0, which writes the results
     if failures:  # listed in one warning, left out of the metrics; fail only when none is left
         warn_skipped([(items[i][0], why) for i, why in failures])
         readable = np.isfinite(probabilities)

@@ -41,7 +41,7 @@ from .audit import AuditWarning, audit_split
 from .demo_data import synthetic_origin
 from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
     train_transform, check_decode, decode_size, normalize_batch, own_size_transform, resolve_resize
-from .features import cached_features, channels_last
+from .features import cache_file, cached_features, channels_last
 from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
                        start_run_dir)
 from .manifest import read_manifest as read_run_manifest
@@ -504,9 +504,7 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
     order_per_epoch = epoch_orders(len(train_items), epochs, generator)
     train_labels = torch.tensor([y for _, y in train_items])
     val_labels = torch.tensor([y for _, y in val_items])
-    common = dict(img_size=config.img_size, cache_dir=config.cache_dir or None, batch_size=64,
-                  device=device, num_workers=config.num_workers, seed=config.seed, log=log,
-                  decode=config.decode, resize=config.resize)
+    common = feature_options(config, device, log)
     start = time.perf_counter()
     # Un-augmented features of train and val: what the head trains on by default, and what the
     # standardisation, the lr finder and the probe need in any case. The plain loop and --augment
@@ -602,6 +600,51 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
                       best_epoch=best_epoch, metrics=metrics, val_items=val_items,
                       val_probabilities=val_probabilities, weights_record=weights_record,
                       counts=counts, train_seconds=train_seconds, device=device, probe=probe)
+
+
+def feature_options(config: TrainConfig, device, log) -> dict:
+    """How a run extracts its features; `extract` uses the same, so it fills the very cache
+    entries a run with this config reads."""
+    return dict(img_size=config.img_size, cache_dir=config.cache_dir or None, batch_size=64,
+                device=device, num_workers=config.num_workers, seed=config.seed, log=log,
+                decode=config.decode, resize=config.resize)
+
+
+def splits_a_run_extracts(config: TrainConfig) -> list[str]:
+    """The splits whose un-augmented features `train` extracts with this config: train and val
+    (the head, the standardisation, the lr finder and the probe use them), and test for the probe
+    when the split has one. (Augmented views come on top with --augment.)"""
+    if not (config.cache_features or config.standardize or config.probe or config.lr == "find"):
+        return []
+    has_test = (Path(config.data_dir) / "test").is_dir()
+    return ["train", "val"] + (["test"] if config.probe and has_test else [])
+
+
+def extract_split_features(config: TrainConfig, splits, log=print) -> dict[str, Path | None]:
+    """Fill the feature cache for `splits` of config.data_dir as `train` with this config would
+    (the same model, images and options, so the same cache keys). Returns {split: cache file}.
+
+    Under torchrun every rank extracts its share of each split and rank 0 writes the cache; the
+    other ranks get {split: None}. A run started afterwards finds the features there."""
+    if not config.cache_dir:
+        raise ValueError("extract fills the feature cache, so it needs a cache folder: give "
+                         "--cache-dir (default outputs/cache), not an empty one.")
+    check_config(config)
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    model, _ = build_model(config.weights, seed=config.seed)
+    model.eval().to(device)
+    options = feature_options(config, device, log)
+    files = {}
+    for split in splits:
+        # The items exactly as train lists them (the probe's test split is read as listed).
+        items = list_split(config.data_dir, split) if split == "test" \
+            else usable_split(config.data_dir, split)
+        features = cached_features(model, items, desc=f"{split} features", **options)
+        files[split] = None if features is None else cache_file(
+            model, items, config.img_size, IMAGENET_MEAN, IMAGENET_STD, None, 1, config.seed,
+            device, config.cache_dir, config.decode, resolve_resize(config.resize, device))
+    return files
 
 
 def find_lr_for_run(head, train_features, train_labels, pos_weight, config, run_dir, device, log):
