@@ -215,11 +215,14 @@ def raw_forward(model, n_images: int, batch_size: int, img_size: int, device) ->
 
 
 def extraction(model, items, args, device, cache_dir: Path) -> float:
-    """Images/s of cached_features on a cold cache, everything included."""
+    """Images/s of cached_features on a cold cache, everything included, decoded as train()
+    decodes by default (TrainConfig.decode)."""
     from deepfake_detector.features import cached_features
+    from deepfake_detector.train import TrainConfig
     start = time.perf_counter()
     cached_features(model, items, args.img_size, cache_dir=cache_dir, batch_size=args.batch_size,
-                    device=device, num_workers=args.num_workers, log=lambda message: None)
+                    device=device, num_workers=args.num_workers, log=lambda message: None,
+                    decode=TrainConfig.decode)
     synchronize(device)
     return len(items) / (time.perf_counter() - start)
 

@@ -211,11 +211,11 @@ def resize_batch(images: torch.Tensor | list, img_size: int,
     """uint8 (N, H, W, 3) images, or a list of (H, W, 3) of mixed sizes -> (N, 3, S, S) float32
     holding whole numbers 0-255 on `device`, channels-last: PIL's resize to S x S, on the device.
 
-    Each group of same-size images moves as uint8 and is resized in one call. PIL's bilinear
-    resize is reproduced step by step: a triangle filter widened by the scale when shrinking
-    (`antialias=True`), pixel centres at half-pixels (`align_corners=False`), the horizontal pass
-    first, each pass rounded to uint8 as PIL stores it. What is left is PIL's fixed-point weights
-    against float32: DEVICE_RESIZE_TOLERANCE.
+    Each group of same-size images moves as uint8 and is resized in one call (a batch of mixed
+    sizes costs a call per size, and keeps its order). PIL's bilinear resize is reproduced step
+    by step (pil_bilinear): a triangle filter widened by the scale when shrinking
+    (`antialias=True`), pixel centres at half-pixels (`align_corners=False`), two passes, each
+    rounded to uint8 as PIL stores it; within DEVICE_RESIZE_TOLERANCE of PIL's pixels.
     """
     device = torch.device(device)
     if isinstance(images, torch.Tensor):
