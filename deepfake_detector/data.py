@@ -328,8 +328,9 @@ def default_num_workers(device: torch.device | str = "cpu") -> int:
     is ~1 ms against ~70 CPU-ms of ResNet-18, and a worker on a core the model's OpenMP threads
     are using makes them wait for each other. Hence none on 2 cores; one per spare core, at most 4,
     above that (unmeasured: the previous default). A GPU leaves the cores to decoding: up to 8.
+    Under torchrun the processes of one machine share its cores (LOCAL_WORLD_SIZE of them).
     """
-    cores = os.cpu_count() or 1
+    cores = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if torch.device(device).type in ("cuda", "mps"):
         return min(8, max(0, cores - 1))
     return 0 if cores <= 2 else min(4, cores - 1)

@@ -220,3 +220,14 @@ def test_two_nodes_of_one_process_print_what_one_process_prints(trained_run, spl
     # The rendezvous decides which node holds rank 0: that one prints the JSON, the other nothing.
     assert sorted(outs) == ["", single_out]
     assert len(json.loads(single_out)) == 16
+
+
+def test_the_processes_of_one_machine_share_its_cores_for_decoding(monkeypatch):
+    from deepfake_detector.data import default_num_workers
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_num_workers("cuda") == 8  # one process: up to 8 workers beside a GPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_num_workers("cuda") == 7  # two ranks on the machine: 8 cores each, 7 workers
+    assert default_num_workers("cpu") == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_num_workers("cpu") == 0  # a core each: the model's thread decodes too
