@@ -50,6 +50,27 @@ def positive_float_or_find(text: str) -> float | str:
     return value
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "amp")  # features.PRECISIONS (not imported: keeps --help fast)
+
+
+def add_precision(p, default: str | None, what: str) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default=default,
+                   help=f"what the model computes in {what}: fp32 (the same numbers on every "
+                        "device), or mixed precision bf16, fp16, amp (bf16/fp16 on CUDA, fp32 "
+                        "elsewhere): faster on GPUs, numbers differ slightly")
+
+
+def add_deterministic(p, default: bool) -> None:
+    if default:
+        p.add_argument("--no-deterministic", dest="deterministic", action="store_false",
+                       help="allow nondeterministic GPU kernels (cuDNN autotuning): faster, but "
+                            "two evaluations may differ in the 4th digit")
+    else:
+        p.add_argument("--deterministic", action="store_true",
+                       help="deterministic torch/cuDNN/cuBLAS kernels: the same numbers on every "
+                            "run of the same GPU (slower there; the CPU is deterministic anyway)")
+
+
 def add_split(commands):
     p = commands.add_parser("split", help="split raw real/fake folders into train/val[/test]")
     p.add_argument("--raw", default="dataset_raw", help="folder holding real/ and fake/")
@@ -97,6 +118,8 @@ def add_train(commands):
     p.add_argument("--device", default=d.device)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_precision(p, d.precision, "(feature extraction and the plain loop alike)")
+    add_deterministic(p, d.deterministic)
 
 
 def add_lr_find(commands):
@@ -122,6 +145,8 @@ def add_evaluate(commands):
     p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
+    add_precision(p, None, "(default: the run's)")
+    add_deterministic(p, True)
 
 
 def add_predict(commands):
@@ -131,6 +156,8 @@ def add_predict(commands):
     p.add_argument("--out", default=None, help=".json or .csv (default: JSON to stdout)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
+    add_precision(p, None, "(default: the run's)")
+    add_deterministic(p, False)
 
 
 def add_gradcam(commands):
@@ -144,6 +171,9 @@ def add_gradcam(commands):
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default="auto")
+    add_precision(p, "fp32", "(fp32: within 1e-5 of pytorch-grad-cam; bf16/fp16/amp: faster on "
+                             "GPUs, maps differ slightly, see gradcam.py)")
+    add_deterministic(p, False)
 
 
 def add_demo_data(commands):
@@ -242,7 +272,8 @@ def run(args) -> object:
             lr_plateau_patience=args.lr_plateau_patience, lr_plateau_factor=args.lr_plateau_factor,
             standardize=not args.no_standardize, probe=not args.no_probe, seed=args.seed, augment=args.augment, augment_views=args.augment_views,
             cache_features=not args.no_feature_cache, cache_dir=args.cache_dir,
-            device=args.device, num_workers=args.num_workers, overwrite=args.overwrite)
+            device=args.device, num_workers=args.num_workers, overwrite=args.overwrite,
+            precision=args.precision, deterministic=args.deterministic)
         return train(config)
     if args.command == "lr-find":
         from .lr_find import lr_find_on_data
@@ -256,24 +287,28 @@ def run(args) -> object:
     if args.command == "evaluate":
         from .inference import evaluate_run
         metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
-                               args.device, log=lambda m: print(m, file=sys.stderr))
+                               args.device, log=lambda m: print(m, file=sys.stderr),
+                               precision=args.precision, deterministic_kernels=args.deterministic)
         print(json.dumps(metrics, indent=2))
         return metrics
     if args.command == "predict":
         from .evaluate import write_prediction_rows
         from .inference import iter_predictions, predict_to_file
         if args.out:  # streamed to the file batch by batch: flat memory for any number of images
-            n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device)
+            n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device,
+                                precision=args.precision, deterministic_kernels=args.deterministic)
             print(f"{n} predictions written to {args.out}", file=sys.stderr)
             return n
-        rows = iter_predictions(args.run, args.paths, args.batch_size, args.device)
+        rows = iter_predictions(args.run, args.paths, args.batch_size, args.device,
+                                precision=args.precision, deterministic_kernels=args.deterministic)
         return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
                                       for row in rows), sys.stdout, "json")
     if args.command == "gradcam":
         from .gradcam import explain_run
         summary = explain_run(args.run, args.images, args.out, target=args.target,
                               masks_dir=args.masks, max_images=args.max_images,
-                              batch_size=args.batch_size, device=args.device)
+                              batch_size=args.batch_size, device=args.device,
+                              precision=args.precision, deterministic_kernels=args.deterministic)
         print(json.dumps(summary, indent=2, default=str))
         return summary
     if args.command == "demo-data":

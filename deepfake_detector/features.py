@@ -37,23 +37,68 @@ def channels_last(model: torch.nn.Module):
         model.to(memory_format=torch.contiguous_format)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full float32 elsewhere."""
-    if device.type == "cuda":
+PRECISIONS = ("fp32", "bf16", "fp16", "amp")
+
+
+def check_precision(precision: str) -> str:
+    """`precision` as given, or a ValueError in one line naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}. "
+                         "fp32 (the default) gives the same numbers on every device and path; "
+                         "bf16/fp16/amp (mixed precision) are faster on GPUs.")
+    return precision
+
+
+def autocast_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype:
+    """What the backbone computes in. fp32 by default everywhere, so extraction, the plain loop,
+    evaluation and Grad-CAM agree on every device; mixed precision is opt-in: "bf16", "fp16", or
+    "amp" = bf16 where the GPU supports it, else fp16, on CUDA (full fp32 elsewhere: the CPU's
+    bf16 kernels are slower than its fp32 ones)."""
+    device = torch.device(device)
+    check_precision(precision)
+    if precision == "amp":
+        if device.type != "cuda":
+            return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def autocast_for(device: torch.device):
-    dtype = autocast_dtype(device)
-    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 \
-        else contextlib.nullcontext()
+@contextlib.contextmanager
+def autocast_for(device: torch.device, precision: str = "fp32"):
+    """Mixed precision as `precision` asks; in fp32, true fp32 (exact_fp32)."""
+    device = torch.device(device)
+    dtype = autocast_dtype(device, precision)
+    if dtype != torch.float32:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+        return
+    with exact_fp32(device):
+        yield
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device, precision: str = "fp32"):
+    """When `precision` means fp32 on CUDA: TF32 off for the block, forward and backward. TF32
+    rounds to 10 mantissa bits, and cuDNN picks other kernels for other batch sizes, so the cached
+    and the plain loop would drift apart by ~1e-3. Elsewhere (and under bf16/fp16) a no-op."""
+    device = torch.device(device)
+    if device.type != "cuda" or autocast_dtype(device, precision) != torch.float32:
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 @contextlib.contextmanager
 def cudnn_autotune(device: torch.device):
-    """Let cuDNN pick the fastest kernels: every batch of a pass has the same shape."""
-    if device.type != "cuda":
+    """Let cuDNN pick the fastest kernels: every batch of a pass has the same shape. Not in
+    deterministic mode (determinism.py): the fastest kernel can differ from run to run."""
+    if device.type != "cuda" or torch.are_deterministic_algorithms_enabled() \
+            or torch.backends.cudnn.deterministic:
         yield
         return
     before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
@@ -64,15 +109,26 @@ def cudnn_autotune(device: torch.device):
 
 
 @contextlib.contextmanager
-def inference_pass(model: torch.nn.Module, device: torch.device):
+def inference_pass(model: torch.nn.Module, device: torch.device, precision: str = "fp32"):
     """Everything a forward-only pass over many images wants: no autograd bookkeeping,
-    channels-last, AMP and cuDNN autotuning on CUDA; the model is put back afterwards."""
+    channels-last, cuDNN autotuning on CUDA, and `precision` (autocast_for); the model is put back
+    afterwards."""
     model.eval()
     # channels_last outside inference_mode: converting the weights inside it would turn them into
     # inference tensors, and autograd through the model (Grad-CAM on layer3, fine-tuning the same
     # model afterwards) would fail.
-    with channels_last(model), torch.inference_mode(), autocast_for(device), cudnn_autotune(device):
+    with channels_last(model), torch.inference_mode(), autocast_for(device, precision), \
+            cudnn_autotune(device):
         yield model
+
+
+def head_in_fp32(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """model(images), with the backbone in whatever precision the caller's autocast_for set and
+    the head in float32 on float32 features: what the head saw in training, where it learns on
+    the float32 features extraction returns. In fp32 the same as model(images)."""
+    features = backbone_features(model, images).float()
+    with torch.autocast(images.device.type, enabled=False):
+        return model.fc(features)
 
 
 def lagged(outputs):
@@ -90,11 +146,12 @@ def lagged(outputs):
 def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      augmentation=None, batch_size: int = 64, device=None,
                      num_workers: int | None = None, desc: str = "features",
-                     seed: int = 0) -> torch.Tensor:
+                     seed: int = 0, precision: str = "fp32") -> torch.Tensor:
     """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU.
 
     With `augmentation`, each call draws one augmented view per image (seeded). Workers decode
-    and resize to uint8; this process normalises each batch and runs the backbone on it.
+    and resize to uint8; this process normalises each batch and runs the backbone on it, in
+    `precision` (autocast_for); the features come back as float32 whatever it computed in.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -102,7 +159,7 @@ def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGEN
     loader = make_loader(items, uint8_transform(img_size, augmentation), batch_size,
                          generator=generator, num_workers=num_workers, device=device)
     features = None  # sized by the backbone's output, whatever head sits on top (a notebook's own)
-    with inference_pass(model, device):
+    with inference_pass(model, device, precision):
         batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device)))
                    for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False))
         for indices, output in lagged(batches):
@@ -140,18 +197,19 @@ def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
 def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     cache_dir: str | Path | None = None, augmentation=None, n_views: int = 1,
                     batch_size: int = 64, device=None, num_workers=None, seed: int = 0,
-                    desc: str = "features", log=print) -> torch.Tensor:
+                    desc: str = "features", log=print, precision: str = "fp32") -> torch.Tensor:
     """Features of `items`, from the cache when the exact same ones were extracted before.
 
     Returns (N, 512), or (n_views, N, 512) with augmentation: K augmented views per image, so
-    augmentation costs K backbone passes in all instead of one per epoch.
+    augmentation costs K backbone passes in all instead of one per epoch. `precision` (fp32,
+    bf16, fp16, amp) is what the backbone computes in, and part of the cache key.
     """
     views = n_views if augmentation else 1
     device = torch.device(device) if device is not None else next(model.parameters()).device
     path = None
     if cache_dir is not None:
         key = cache_key(model, items, img_size, mean, std, augmentation, views, seed,
-                        autocast_dtype(device))
+                        autocast_dtype(device, precision))
         path = Path(cache_dir) / f"features-{key[:24]}.pt"
         if path.exists():
             stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -161,11 +219,12 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
     if augmentation:
         features = torch.stack([
             extract_features(model, items, img_size, mean, std, augmentation, batch_size, device,
-                             num_workers, f"{desc} view {v + 1}/{views}", seed=seed + v)
+                             num_workers, f"{desc} view {v + 1}/{views}", seed=seed + v,
+                             precision=precision)
             for v in range(views)])
     else:
         features = extract_features(model, items, img_size, mean, std, None, batch_size, device,
-                                    num_workers, desc, seed=seed)
+                                    num_workers, desc, seed=seed, precision=precision)
     seconds = time.perf_counter() - start
     log(f"{desc}: extracted {len(items) * views} images in {seconds:.1f} s "
         f"({len(items) * views / max(seconds, 1e-9):.1f} images/s)")
