@@ -60,6 +60,27 @@ def positive_float_or_find(text: str) -> float | str:
     return value
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "amp")  # features.PRECISIONS (not imported: keeps --help fast)
+
+
+def add_precision(p, default: str | None, what: str) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default=default,
+                   help=f"what the model computes in {what}: fp32 (the same numbers on every "
+                        "device), or mixed precision bf16, fp16, amp (bf16/fp16 on CUDA, fp32 "
+                        "elsewhere): faster on GPUs, numbers differ slightly")
+
+
+def add_deterministic(p, default: bool) -> None:
+    if default:
+        p.add_argument("--no-deterministic", dest="deterministic", action="store_false",
+                       help="allow nondeterministic GPU kernels (cuDNN autotuning): faster, but "
+                            "two evaluations may differ in the 4th digit")
+    else:
+        p.add_argument("--deterministic", action="store_true",
+                       help="deterministic torch/cuDNN/cuBLAS kernels: the same numbers on every "
+                            "run of the same GPU (slower there; the CPU is deterministic anyway)")
+
+
 def add_split(commands):
     p = commands.add_parser("split", help="split raw real/fake folders into train/val[/test]")
     p.add_argument("--raw", default="dataset_raw", help="folder holding real/ and fake/")
@@ -113,6 +134,8 @@ def add_train(commands):
     p.add_argument("--device", default=d.device)
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_precision(p, d.precision, "(feature extraction and the plain loop alike)")
+    add_deterministic(p, d.deterministic)
 
 
 def add_extract(commands):
@@ -131,6 +154,7 @@ def add_extract(commands):
                    help="as train's --decode: the cache entry train will read depends on it")
     p.add_argument("--resize", choices=["auto", "pil", "device"], default=d.resize,
                    help="as train's --resize")
+    add_precision(p, d.precision, "(as train's: the cache entry train reads depends on it)")
     p.add_argument("--cache-dir", default=d.cache_dir, help="the feature cache train reads")
     p.add_argument("--device", default=d.device)
     p.add_argument("--num-workers", type=int, default=None)
@@ -159,6 +183,8 @@ def add_evaluate(commands):
     p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
+    add_precision(p, None, "(default: the run's)")
+    add_deterministic(p, True)
 
 
 def add_predict(commands):
@@ -168,6 +194,8 @@ def add_predict(commands):
     p.add_argument("--out", default=None, help=".json or .csv (default: JSON to stdout)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
+    add_precision(p, None, "(default: the run's)")
+    add_deterministic(p, False)
 
 
 def add_gradcam(commands):
@@ -181,6 +209,9 @@ def add_gradcam(commands):
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", default="auto")
+    add_precision(p, "fp32", "(fp32: within 1e-5 of pytorch-grad-cam; bf16/fp16/amp: faster on "
+                             "GPUs, maps differ slightly, see gradcam.py)")
+    add_deterministic(p, False)
 
 
 def add_demo_data(commands):
@@ -281,7 +312,8 @@ def run(args) -> object:
             lr_plateau_patience=args.lr_plateau_patience, lr_plateau_factor=args.lr_plateau_factor,
             standardize=not args.no_standardize, probe=not args.no_probe, seed=args.seed, augment=args.augment, augment_views=args.augment_views,
             cache_features=not args.no_feature_cache, cache_dir=args.cache_dir,
-            device=args.device, num_workers=args.num_workers, overwrite=args.overwrite)
+            device=args.device, num_workers=args.num_workers, overwrite=args.overwrite,
+            precision=args.precision, deterministic=args.deterministic)
         if distributed.is_active():
             return train_under_torchrun(config)
         return train(config)
@@ -289,7 +321,7 @@ def run(args) -> object:
         from .train import TrainConfig, extract_split_features, splits_a_run_extracts
         config = TrainConfig(data_dir=args.data, weights=args.weights, img_size=args.img_size,
                              seed=args.seed, decode=args.decode, resize=args.resize,
-                             cache_dir=args.cache_dir, device=args.device,
+                             precision=args.precision, cache_dir=args.cache_dir, device=args.device,
                              num_workers=args.num_workers)
         files = extract_split_features(config, args.split or splits_a_run_extracts(config),
                                        log=lambda m: print(m, file=sys.stderr))
@@ -310,7 +342,8 @@ def run(args) -> object:
     if args.command == "evaluate":
         from .inference import evaluate_run
         metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
-                               args.device, log=lambda m: print(m, file=sys.stderr))
+                               args.device, log=lambda m: print(m, file=sys.stderr),
+                               precision=args.precision, deterministic_kernels=args.deterministic)
         if distributed.is_main():  # under torchrun the other ranks only ran their share
             print(json.dumps(metrics, indent=2))
         return metrics
@@ -318,11 +351,13 @@ def run(args) -> object:
         from .evaluate import write_prediction_rows
         from .inference import iter_predictions, predict_to_file
         if args.out:  # streamed to the file batch by batch: flat memory for any number of images
-            n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device)
+            n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device,
+                                precision=args.precision, deterministic_kernels=args.deterministic)
             if distributed.is_main():
                 print(f"{n} predictions written to {args.out}", file=sys.stderr)
             return n
-        rows = iter_predictions(args.run, args.paths, args.batch_size, args.device)
+        rows = iter_predictions(args.run, args.paths, args.batch_size, args.device,
+                                precision=args.precision, deterministic_kernels=args.deterministic)
         if not distributed.is_main():  # this rank's share goes to rank 0, which prints them all
             return sum(1 for _ in rows)
         return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
@@ -331,7 +366,8 @@ def run(args) -> object:
         from .gradcam import explain_run
         summary = explain_run(args.run, args.images, args.out, target=args.target,
                               masks_dir=args.masks, max_images=args.max_images,
-                              batch_size=args.batch_size, device=args.device)
+                              batch_size=args.batch_size, device=args.device,
+                              precision=args.precision, deterministic_kernels=args.deterministic)
         print(json.dumps(summary, indent=2, default=str))
         return summary
     if args.command == "demo-data":

@@ -42,23 +42,68 @@ def channels_last(model: torch.nn.Module):
         model.to(memory_format=torch.contiguous_format)
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full float32 elsewhere."""
-    if device.type == "cuda":
+PRECISIONS = ("fp32", "bf16", "fp16", "amp")
+
+
+def check_precision(precision: str) -> str:
+    """`precision` as given, or a ValueError in one line naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}. "
+                         "fp32 (the default) gives the same numbers on every device and path; "
+                         "bf16/fp16/amp (mixed precision) are faster on GPUs.")
+    return precision
+
+
+def autocast_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype:
+    """What the backbone computes in. fp32 by default everywhere, so extraction, the plain loop,
+    evaluation and Grad-CAM agree on every device; mixed precision is opt-in: "bf16", "fp16", or
+    "amp" = bf16 where the GPU supports it, else fp16, on CUDA (full fp32 elsewhere: the CPU's
+    bf16 kernels are slower than its fp32 ones)."""
+    device = torch.device(device)
+    check_precision(precision)
+    if precision == "amp":
+        if device.type != "cuda":
+            return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def autocast_for(device: torch.device):
-    dtype = autocast_dtype(device)
-    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 \
-        else contextlib.nullcontext()
+@contextlib.contextmanager
+def autocast_for(device: torch.device, precision: str = "fp32"):
+    """Mixed precision as `precision` asks; in fp32, true fp32 (exact_fp32)."""
+    device = torch.device(device)
+    dtype = autocast_dtype(device, precision)
+    if dtype != torch.float32:
+        with torch.autocast(device.type, dtype=dtype):
+            yield
+        return
+    with exact_fp32(device):
+        yield
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device, precision: str = "fp32"):
+    """When `precision` means fp32 on CUDA: TF32 off for the block, forward and backward. TF32
+    rounds to 10 mantissa bits, and cuDNN picks other kernels for other batch sizes, so the cached
+    and the plain loop would drift apart by ~1e-3. Elsewhere (and under bf16/fp16) a no-op."""
+    device = torch.device(device)
+    if device.type != "cuda" or autocast_dtype(device, precision) != torch.float32:
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 @contextlib.contextmanager
 def cudnn_autotune(device: torch.device):
-    """Let cuDNN pick the fastest kernels: every batch of a pass has the same shape."""
-    if device.type != "cuda":
+    """Let cuDNN pick the fastest kernels: every batch of a pass has the same shape. Not in
+    deterministic mode (determinism.py): the fastest kernel can differ from run to run."""
+    if device.type != "cuda" or torch.are_deterministic_algorithms_enabled() \
+            or torch.backends.cudnn.deterministic:
         yield
         return
     before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
@@ -69,15 +114,26 @@ def cudnn_autotune(device: torch.device):
 
 
 @contextlib.contextmanager
-def inference_pass(model: torch.nn.Module, device: torch.device):
+def inference_pass(model: torch.nn.Module, device: torch.device, precision: str = "fp32"):
     """Everything a forward-only pass over many images wants: no autograd bookkeeping,
-    channels-last, AMP and cuDNN autotuning on CUDA; the model is put back afterwards."""
+    channels-last, cuDNN autotuning on CUDA, and `precision` (autocast_for); the model is put back
+    afterwards."""
     model.eval()
     # channels_last outside inference_mode: converting the weights inside it would turn them into
     # inference tensors, and autograd through the model (Grad-CAM on layer3, fine-tuning the same
     # model afterwards) would fail.
-    with channels_last(model), torch.inference_mode(), autocast_for(device), cudnn_autotune(device):
+    with channels_last(model), torch.inference_mode(), autocast_for(device, precision), \
+            cudnn_autotune(device):
         yield model
+
+
+def head_in_fp32(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """model(images), with the backbone in whatever precision the caller's autocast_for set and
+    the head in float32 on float32 features: what the head saw in training, where it learns on
+    the float32 features extraction returns. In fp32 the same as model(images)."""
+    features = backbone_features(model, images).float()
+    with torch.autocast(images.device.type, enabled=False):
+        return model.fc(features)
 
 
 def lagged(outputs):
@@ -95,14 +151,16 @@ def lagged(outputs):
 def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      augmentation=None, batch_size: int = 64, device=None,
                      num_workers: int | None = None, desc: str = "features",
-                     seed: int = 0, decode: str = "full", resize: str = "auto") -> torch.Tensor:
+                     seed: int = 0, decode: str = "full", resize: str = "auto",
+                     precision: str = "fp32") -> torch.Tensor:
     """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU (under torchrun:
     on rank 0, from every rank's share; None on the other ranks).
 
     With `augmentation`, each call draws one augmented view per image (seeded). Workers decode
     (`decode`: "draft" decodes large JPEGs at reduced size, data.DECODE_MODES) and, with the
     "pil" resize, resize to uint8; this process resizes ("device"), normalises each batch and
-    runs the backbone on it. `resize`: data.RESIZE_MODES ("auto": the device's default).
+    runs the backbone on it, in `precision` (autocast_for); the features come back as float32
+    whatever it computed in. `resize`: data.RESIZE_MODES ("auto": the device's default).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     resize = resolve_resize(resize, device, augmentation)
@@ -115,7 +173,7 @@ def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGEN
                          decode_size=decode_size(decode, img_size))
     on_device = img_size if resize == "device" else None
     features = None  # sized by the backbone's output, whatever head sits on top (a notebook's own)
-    with inference_pass(model, device):
+    with inference_pass(model, device, precision):
         batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device,
                                                                       on_device)))
                    for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False))
@@ -160,10 +218,10 @@ def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
 
 def cache_file(model, items, img_size: int, mean, std, augmentation, n_views: int, seed: int,
                device: torch.device, cache_dir: str | Path, decode: str = "full",
-               resize: str = "pil") -> Path:
+               resize: str = "pil", precision: str = "fp32") -> Path:
     """Where cached_features keeps (or finds) these features: named by their cache key."""
     key = cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
-                    autocast_dtype(device), decode, resize)
+                    autocast_dtype(device, precision), decode, resize)
     return Path(cache_dir) / f"features-{key[:24]}.pt"
 
 
@@ -171,12 +229,13 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
                     cache_dir: str | Path | None = None, augmentation=None, n_views: int = 1,
                     batch_size: int = 64, device=None, num_workers=None, seed: int = 0,
                     desc: str = "features", log=print, decode: str = "full",
-                    resize: str = "auto") -> torch.Tensor:
+                    resize: str = "auto", precision: str = "fp32") -> torch.Tensor:
     """Features of `items`, from the cache when the exact same ones were extracted before.
 
     Returns (N, 512), or (n_views, N, 512) with augmentation: K augmented views per image, so
     augmentation costs K backbone passes in all instead of one per epoch. `decode`, `resize`:
-    as extract_features. Under torchrun every rank extracts its share; rank 0 returns (and
+    as extract_features. `precision` (fp32, bf16, fp16, amp) is what the backbone computes in,
+    and part of the cache key. Under torchrun every rank extracts its share; rank 0 returns (and
     caches) all of them, the other ranks None.
     """
     views = n_views if augmentation else 1
@@ -185,7 +244,7 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
     path = None
     if cache_dir is not None and distributed.is_main():  # under torchrun, the cache is rank 0's
         path = cache_file(model, items, img_size, mean, std, augmentation, views, seed, device,
-                          cache_dir, decode, resize)
+                          cache_dir, decode, resize, precision)
     if distributed.decided_by_main(path is not None and path.exists()):
         if not distributed.is_main():
             return None
@@ -201,11 +260,12 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
         features = torch.stack([
             extract_features(model, items, img_size, mean, std, augmentation, batch_size, device,
                              num_workers, f"{desc} view {v + 1}/{views}", seed=seed + v,
-                             decode=decode, resize=resize)
+                             decode=decode, resize=resize, precision=precision)
             for v in range(views)])
     else:
         features = extract_features(model, items, img_size, mean, std, None, batch_size, device,
-                                    num_workers, desc, seed=seed, decode=decode, resize=resize)
+                                    num_workers, desc, seed=seed, decode=decode, resize=resize,
+                                    precision=precision)
     if not distributed.is_main():
         return None  # under torchrun, rank 0 holds (and stores) everyone's features
     seconds = time.perf_counter() - start

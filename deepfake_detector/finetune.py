@@ -36,13 +36,14 @@ from . import CLASS_TO_IDX
 from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, eval_transform, make_loader,
                    normalize_batch, pixel_transform, resolve_resize, train_transform)
 from .evaluate import write_report, write_table
-from .features import channels_last
+from .determinism import deterministic
+from .features import autocast_for, channels_last, exact_fp32
 from .inference import load_run
 from .manifest import mark_complete, recording
 from .manifest import read_manifest as read_run_manifest
 from .split import list_split
 from .train import (RunExistsError, RunLog, TrainConfig, epoch_orders, feature_batches,
-                    finish_run, fit, image_batches, prepare_run_dir, random_init_banner, run_epoch,
+                    BackboneInPrecision, finish_run, fit, image_batches, prepare_run_dir, random_init_banner, run_epoch,
                     save_run, seed_everything)
 
 SUFFIX = "-finetune-layer4"
@@ -103,8 +104,23 @@ class TrainedPart:
         self.model.fc.load_state_dict(state["fc"])
 
 
+class Layer4InPrecision(nn.Module):
+    """layer4_and_head on layer3 outputs with layer4 in `precision` and the head in float32: what
+    train.BackboneInPrecision computes on images in the plain loop, from layer3 on."""
+
+    def __init__(self, model: nn.Module, device, precision: str = "fp32"):
+        super().__init__()
+        self.model, self.device, self.precision = model, torch.device(device), precision
+
+    def forward(self, x):
+        with autocast_for(self.device, self.precision):
+            x = torch.flatten(self.model.avgpool(self.model.layer4(x)), 1)
+        return self.model.fc(x.float())
+
+
 def layer3_outputs(model, items, img_size: int, mean, std, batch_size: int, device, num_workers,
-                   desc: str, decode: str = "full", resize: str = "pil") -> torch.Tensor:
+                   desc: str, decode: str = "full", resize: str = "pil",
+                   precision: str = "fp32") -> torch.Tensor:
     """layer3 outputs of `items`, in order, on the CPU (decoded to uint8 in workers, normalised
     per batch, as features.extract_features does, with its `decode` and `resize`). no_grad rather
     than inference_mode: layer4 trains on these, and autograd refuses inference-mode tensors as
@@ -115,7 +131,7 @@ def layer3_outputs(model, items, img_size: int, mean, std, batch_size: int, devi
                          decode_size=decode_size(decode, img_size))
     on_device = img_size if resize == "device" else None
     outputs = None
-    with torch.no_grad():
+    with torch.no_grad(), autocast_for(device, precision):
         for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
             batch = up_to_layer3(model, normalize_batch(images, mean, std, device,
                                                         on_device)).float().cpu()
@@ -176,7 +192,7 @@ def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | No
 
     model, checkpoint = load_run(parent, config.device)
     run_dir = prepare_run_dir(str(out), overwrite=False)
-    with recording(run_dir):
+    with recording(run_dir), deterministic(config.deterministic):  # the phase-1 run's settings
         phase2_into(run_dir, parent, model, checkpoint, config, lr, head_lr, cache_layer3,
                     log_to_console)
     mark_complete(run_dir)
@@ -235,12 +251,12 @@ def fit_on_layer3_outputs(model, part: TrainedPart, config: FinetuneConfig, trai
     device = next(model.parameters()).device
     common = dict(img_size=config.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                   batch_size=64, device=device, num_workers=config.num_workers,
-                  decode=config.decode, resize=config.resize)
+                  decode=config.decode, resize=config.resize, precision=config.precision)
     train_x = layer3_outputs(model, train_items, desc="train layer3", **common)
     val_x = layer3_outputs(model, val_items, desc="val layer3", **common)
     train_y = torch.tensor([y for _, y in train_items])
     val_y = torch.tensor([y for _, y in val_items])
-    module = layer4_and_head(model)
+    module = Layer4InPrecision(model, device, config.precision)  # = layer4_and_head in fp32
 
     def train_batches(epoch):
         return feature_batches(train_x, train_y, config.batch_size, order_per_epoch[epoch - 1])
@@ -263,18 +279,20 @@ def fit_layer4(model, part: TrainedPart, config: FinetuneConfig, train_items, va
     if config.layer3_cached:
         # The same memory layout as the plain loop below: convolution kernels of another layout
         # round differently, and training amplifies that (0.6% in val loss after 3 epochs on AVX-512).
-        with channels_last(model):
+        # The same precision too, backward included (exact_fp32: no TF32 in fp32 on CUDA).
+        with channels_last(model), exact_fp32(device, config.precision):
             return fit_on_layer3_outputs(model, part, config, train_items, val_items, pos_weight,
                                          order_per_epoch, log)
     train_tf = train_transform(config.img_size, augmentation)
     val_tf = eval_transform(config.img_size)
-    with channels_last(model):
+    network = BackboneInPrecision(model, device, config.precision)
+    with channels_last(model), exact_fp32(device, config.precision):
         history, best_epoch = fit(
-            model, part,
+            network, part,
             lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device),
             lambda: image_batches(val_items, val_tf, config, None, device),
             config, pos_weight, device, log)
-        _, _, val_logits, _ = run_epoch(model, image_batches(val_items, val_tf, config, None, device),
+        _, _, val_logits, _ = run_epoch(network, image_batches(val_items, val_tf, config, None, device),
                                         nn.BCEWithLogitsLoss(), None, device)
     return history, best_epoch, val_logits
 

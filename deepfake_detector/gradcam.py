@@ -45,6 +45,8 @@ from torch import nn
 
 from . import CLASS_NAMES, CLASS_TO_IDX
 from .data import IMAGENET_MEAN, IMAGENET_STD, decode_size, eval_transform, open_image, run_decode
+from .determinism import deterministic
+from .features import autocast_for, check_precision
 from .figures import paper_style
 from .images import ImageLoadError, decode_image
 from .manifest import recording
@@ -69,6 +71,9 @@ class CutAtLayer:
     The twist: the hook replaces the layer's output with a detached copy that requires grad. For
     autograd that copy is a leaf: everything after the layer builds a graph from it, nothing
     before it does. The frozen backbone gets a gradient path at exactly this one place.
+    The copy is channels-last: the backward of adaptive_avg_pool2d (the one op between layer4
+    and the head) has a deterministic CUDA kernel only in that layout, so Grad-CAM needs no
+    exemption from determinism.deterministic (the values are the same in either layout).
     """
 
     def __init__(self, layer: nn.Module):
@@ -76,7 +81,10 @@ class CutAtLayer:
         self.handle = layer.register_forward_hook(self.hook)
 
     def hook(self, module, inputs, output):
-        self.activations = output.detach().requires_grad_()
+        output = output.detach()
+        if output.dim() == 4:
+            output = output.contiguous(memory_format=torch.channels_last)
+        self.activations = output.requires_grad_()
         return self.activations  # a forward hook's return value replaces the layer's output
 
     def __enter__(self):
@@ -110,12 +118,18 @@ def resolve_targets(target, logits: torch.Tensor) -> list[str]:
 
 
 def raw_grad_cam(model: nn.Module, images: torch.Tensor, target="predicted",
-                 layer: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Grad-CAM before any scaling: (maps (N, h, w) on the model's device, logits (N,), targets).
+                 layer: nn.Module | None = None, precision: str = "fp32"
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Grad-CAM before any scaling: (maps (N, h, w) float32 on the model's device, logits (N,),
+    targets).
 
     Works under a caller's torch.no_grad() or torch.inference_mode(): the few lines that need
     autograd switch it back on for themselves. `layer` defaults to model.layer4[-1]; whatever
     layer is chosen, what follows it must not modify its output in place.
+    `precision`: "fp32" (default; within 1e-5 of pytorch-grad-cam, tested) or opt-in autocast
+    ("bf16", "fp16", "amp": features.autocast_for) for the forward and the backward; the map is
+    then formed in float32 from the low-precision activations and gradients. Measured on CPU
+    bf16: the [0, 1] maps differ from fp32's by up to ~0.1 (tests/test_gradcam.py states the bound).
     """
     if model.training:
         raise ValueError("Grad-CAM needs the model in eval mode (train mode would move the "
@@ -124,17 +138,23 @@ def raw_grad_cam(model: nn.Module, images: torch.Tensor, target="predicted",
     device = next(model.parameters()).device
     images = images.to(device)
     images = images.unsqueeze(0) if images.dim() == 3 else images
-    with torch.inference_mode(False), torch.enable_grad(), CutAtLayer(layer) as cut:
+    if check_precision(precision) != "fp32":
+        # Mixed precision: channels-last input, so every convolution runs in NHWC as predict's do
+        # (tensor cores; bf16 on a CPU was 4x slower in NCHW). Not in fp32: NHWC kernels round
+        # differently, 3e-5 off pytorch-grad-cam's maps, and fp32 stays within 1e-5 of them.
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(False), torch.enable_grad(), CutAtLayer(layer) as cut, \
+            autocast_for(device, check_precision(precision)):
         if images.is_inference():
             images = images.clone()  # a tensor made under inference_mode cannot enter autograd
-        logits = model(images).reshape(-1)
+        logits = model(images).reshape(-1).float()
         targets = resolve_targets(target, logits)
         signs = torch.tensor([1.0 if t == "fake" else -1.0 for t in targets], device=device)
         # Images do not interact in eval mode, so one backward of the summed scores gives every
         # image its own gradient; autograd.grad (not .backward) leaves no .grad on parameters.
         (gradients,) = torch.autograd.grad((signs * logits).sum(), cut.activations)
-    activations = cut.activations.detach()
-    channel_weights = gradients.mean(dim=(2, 3), keepdim=True)
+    activations = cut.activations.detach().float()
+    channel_weights = gradients.float().mean(dim=(2, 3), keepdim=True)
     maps = torch.relu((channel_weights * activations).sum(dim=1))
     return maps, logits.detach(), targets
 
@@ -194,9 +214,10 @@ class GradCAMResult:
 
 
 def grad_cam_with_logits(model: nn.Module, images: torch.Tensor, target="predicted",
-                         layer: nn.Module | None = None) -> GradCAMResult:
-    """Grad-CAM maps of a batch (N, 3, H, W) plus logits, P(fake) and the targets explained."""
-    maps, logits, targets = raw_grad_cam(model, images, target, layer)
+                         layer: nn.Module | None = None, precision: str = "fp32") -> GradCAMResult:
+    """Grad-CAM maps of a batch (N, 3, H, W) plus logits, P(fake) and the targets explained.
+    `precision`: see raw_grad_cam."""
+    maps, logits, targets = raw_grad_cam(model, images, target, layer, precision)
     raw_cams = maps.float().cpu().numpy()
     return GradCAMResult(cams=scale_cams(raw_cams, tuple(images.shape[-2:])), raw_cams=raw_cams,
                          logits=logits.float().cpu().numpy(),
@@ -205,9 +226,10 @@ def grad_cam_with_logits(model: nn.Module, images: torch.Tensor, target="predict
 
 
 def grad_cam(model: nn.Module, images: torch.Tensor, target="predicted",
-             layer: nn.Module | None = None) -> np.ndarray:
-    """Grad-CAM maps, float32 (N, H, W) in [0, 1] at the input's resolution."""
-    return grad_cam_with_logits(model, images, target, layer).cams
+             layer: nn.Module | None = None, precision: str = "fp32") -> np.ndarray:
+    """Grad-CAM maps, float32 (N, H, W) in [0, 1] at the input's resolution (`precision`: see
+    raw_grad_cam)."""
+    return grad_cam_with_logits(model, images, target, layer, precision).cams
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,7 +348,8 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                    colormap: int = cv2.COLORMAP_JET, image_weight: float = 0.5,
                    per_outcome: int = 3, sheet_paths: Sequence | None = None,
                    layer: nn.Module | None = None, max_side: int = OVERLAY_MAX_SIDE,
-                   decode: str = "full") -> dict:
+                   decode: str = "full", precision: str = "fp32",
+                   deterministic_kernels: bool = False) -> dict:
     """Grad-CAM for many images, one batch in memory at a time; writes under out_dir:
 
         overlays/{tp,tn,fp,fn}/NAME__p0.973.png   (pred_fake/ pred_real/ for unlabelled images):
@@ -352,8 +375,12 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
     layer: the layer explained (default model.layer4[-1]).
     decode: how the model's input is decoded, as the run was trained ("draft": a large JPEG at
     reduced size, data.DECODE_MODES); the overlay is drawn on a full decode all the same.
+    precision: "fp32", or opt-in autocast "bf16"/"fp16"/"amp" (raw_grad_cam); part of the
+    resume fingerprint, so maps of two precisions never mix in one folder.
+    deterministic_kernels: torch's and cuDNN's deterministic kernels (determinism.py).
     """
     out_dir = Path(out_dir)
+    check_precision(precision)
     if device is not None:
         model.to(device)
     for name, value in (("max_images", max_images), ("batch_size", batch_size),
@@ -374,8 +401,9 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
     target_name = target if isinstance(target, str) else "per image"
     fingerprint = hashlib.sha256(json.dumps(
         [[str(p) for p in paths], [label_name(y) for y in labels], target_name, img_size,
-         list(mean), list(std), max_side] + ([decode] if decode != "full" else []),
-        default=str).encode()).hexdigest()
+         list(mean), list(std), max_side] + ([decode] if decode != "full" else [])
+        + ([] if precision == "fp32" else [precision]),
+        default=str).encode()).hexdigest()  # fp32 keeps the fingerprint older folders have
     target_size = decode_size(decode, img_size)
     rows, raw_cams, skipped, n_done = resume(out_dir, fingerprint)
     used_names = {(r["outcome"], Path(r["overlay"]).stem) for r in rows}
@@ -392,6 +420,7 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                    "raw_cams": str(out_dir / "raw_cams.npy"), "index": str(out_dir / "index.csv"),
                    "skipped": [{"path": p, "reason": why} for p, why in skipped],
                    "complete": complete, "n_done": n_done, "fingerprint": fingerprint,
+                   "precision": precision,
                    "localisation": None, **(extra or {})}
         if rows:
             atomic_write(out_dir / "raw_cams.npy",
@@ -401,7 +430,7 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                      lambda f: f.write(json.dumps(summary, indent=2) + "\n"))
         return summary
 
-    with recording(out_dir):
+    with recording(out_dir), deterministic(deterministic_kernels):
         committed = (n_done, len(skipped), len(rows))  # what a re-run may take as done
         several_frames = []
         try:
@@ -427,7 +456,8 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
                     del image  # a huge original is dropped as soon as its copies exist
                 if not batch:
                     continue
-                result = grad_cam_with_logits(model, torch.stack(tensors), target, layer)
+                result = grad_cam_with_logits(model, torch.stack(tensors), target, layer,
+                                              precision)
                 for k, (i, shown) in enumerate(zip(batch, displays)):
                     path, probability = paths[i], float(result.probabilities[k])
                     outcome = outcome_of(labels[i], predicted_fake=bool(result.logits[k] > 0))
@@ -592,7 +622,8 @@ def labelled_images(paths: Iterable) -> tuple[list[Path], list]:
 
 
 def explain_run(run_dir, images: Sequence, out_dir, target: str = "predicted", masks_dir=None,
-                max_images: int | None = None, batch_size: int = 16, device: str = "auto") -> dict:
+                max_images: int | None = None, batch_size: int = 16, device: str = "auto",
+                precision: str = "fp32", deterministic_kernels: bool = False) -> dict:
     """`python -m deepfake_detector gradcam`: explain_images with a trained run's model, image
     size and normalisation. `images`: files and/or folders (real/ and fake/ inside give labels).
     Masks, for localisation scores: masks_dir/<image file name> where that file exists."""
@@ -608,7 +639,8 @@ def explain_run(run_dir, images: Sequence, out_dir, target: str = "predicted", m
     return explain_images(model, files, out_dir, checkpoint["img_size"], checkpoint["mean"],
                           checkpoint["std"], labels=labels, target=target, batch_size=batch_size,
                           max_images=max_images, mask_paths=mask_paths,
-                          decode=run_decode(checkpoint))
+                          decode=run_decode(checkpoint), precision=precision,
+                          deterministic_kernels=deterministic_kernels)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from .progress import tqdm
 from . import distributed
 from .data import (decode_size, make_loader, normalize_batch, pixel_transform, resolve_resize,
                    run_decode)
-from .features import inference_pass, lagged
+from .determinism import deterministic
+from .features import check_precision, head_in_fp32, inference_pass, lagged
 from .images import warn_multi_frame
 from .manifest import recording
 from .model import build_model, pick_device
@@ -85,14 +86,22 @@ def decision_threshold(checkpoint: dict) -> float:
     return float(checkpoint.get("threshold", 0.5) if value is None else value)
 
 
+def run_precision(checkpoint: dict, precision: str | None = None) -> str:
+    """`precision` when given, else the one the run trained in (fp32 for a run that records
+    none): a head trained on bf16 features is evaluated on bf16 features."""
+    return check_precision(precision or checkpoint.get("precision") or "fp32")
+
+
 def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
                        num_workers: int | None = None, desc: str = "predict",
-                       failures: list | None = None, decode: str = "full", resize: str = "auto"):
+                       failures: list | None = None, decode: str = "full", resize: str = "auto",
+                       precision: str = "fp32"):
     """Yield (indices, P(fake)) a batch at a time, in the order of `items`.
 
     Only a batch of images is ever in memory (plus what the loader's workers prefetch). Unreadable
     files raise; given a `failures` list, they are skipped and (index, reason) appended to it.
     `decode`: the run's decode mode (data.run_decode); `resize`: data.RESIZE_MODES.
+    `precision`: what the model computes in (features.autocast_for; fp32 by default).
     Under torchrun each rank runs its share and rank 0 yields every rank's batches, in order (at
     the end); the other ranks yield nothing.
     """
@@ -112,10 +121,10 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
             if skip_unreadable:
                 failures.extend(batch[3])
             if len(indices):
-                logits = model(normalize_batch(images, mean, std, device, on_device)).float()
+                logits = head_in_fp32(model, normalize_batch(images, mean, std, device, on_device))
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
-    with inference_pass(model, device):
+    with inference_pass(model, device, precision):
         on_cpu = ((indices.numpy(), output.cpu().numpy()) for indices, output in lagged(batches()))
         yield from distributed.in_input_order(on_cpu, failures)
 
@@ -123,7 +132,8 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
 def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
                          num_workers: int | None = None, desc: str = "predict",
                          skip_unreadable: bool = False, decode: str = "full",
-                         resize: str = "auto") -> tuple[np.ndarray, list[tuple[int, str]]]:
+                         resize: str = "auto",
+                         precision: str = "fp32") -> tuple[np.ndarray, list[tuple[int, str]]]:
     """(P(fake) per item, in order; [(index, reason)] of the files that could not be read).
 
     What grows with the number of images is one float per image. Unreadable files raise, or with
@@ -132,7 +142,8 @@ def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int
     probabilities = np.full(len(items), np.nan)
     failures = [] if skip_unreadable else None
     for indices, batch in iter_probabilities(model, items, img_size, mean, std, batch_size,
-                                             num_workers, desc, failures, decode, resize):
+                                             num_workers, desc, failures, decode, resize,
+                                             precision):
         probabilities[indices] = batch
     return probabilities, sorted(failures or [])
 
@@ -190,7 +201,8 @@ def image_ids(paths: list[Path], roots: list[Path]) -> list[str]:
 
 
 def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
-                     num_workers: int | None = None):
+                     num_workers: int | None = None, precision: str | None = None,
+                     deterministic_kernels: bool = False):
     """Yield {"image_id", "prediction" (P(fake)), "predicted_label", "path"} for every readable
     image in `paths` (files or folders), in order, a batch at a time. predicted_label is the
     verdict at the run's `decision_threshold` (the one chosen on val).
@@ -198,20 +210,24 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
     Each file is decoded once: checked and predicted in the same read. The unreadable are skipped
     and listed in one warning at the end. Nothing but the list of file names grows with the number
     of images, so a folder of any size streams through in bounded memory.
+    `precision`: default the run's (run_precision); `deterministic_kernels`: determinism.py.
     """
     model, checkpoint = load_run(run_dir, device)
+    precision = run_precision(checkpoint, precision)
     files = list_images(paths)
     ids = image_ids(files, [Path(p) for p in paths])
     threshold = decision_threshold(checkpoint)
     failures, n_predicted = [], 0
-    for indices, probabilities in iter_probabilities(
-            model, [(f, -1) for f in files], checkpoint["img_size"], checkpoint["mean"],
-            checkpoint["std"], batch_size, num_workers, failures=failures,
-            decode=run_decode(checkpoint)):
-        for i, p in zip(indices.tolist(), probabilities.tolist()):
-            n_predicted += 1
-            yield {"image_id": ids[i], "prediction": p,
-                   "predicted_label": "fake" if p >= threshold else "real", "path": str(files[i])}
+    with deterministic(deterministic_kernels):
+        for indices, probabilities in iter_probabilities(
+                model, [(f, -1) for f in files], checkpoint["img_size"], checkpoint["mean"],
+                checkpoint["std"], batch_size, num_workers, failures=failures,
+                decode=run_decode(checkpoint), precision=precision):
+            for i, p in zip(indices.tolist(), probabilities.tolist()):
+                n_predicted += 1
+                yield {"image_id": ids[i], "prediction": p,
+                       "predicted_label": "fake" if p >= threshold else "real",
+                       "path": str(files[i])}
     if not distributed.is_main():
         return  # under torchrun, this rank's share went to rank 0, which reports for everyone
     warn_skipped([(files[i], why) for i, why in sorted(failures)])
@@ -221,10 +237,12 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
 
 
 def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: str = "auto",
-                  num_workers: int | None = None) -> list[dict]:
+                  num_workers: int | None = None, precision: str | None = None,
+                  deterministic_kernels: bool = False) -> list[dict]:
     """P(fake) for every image in `paths` (files or folders), as a list of rows; also written
     as CSV or JSON when asked. For folders too large to hold the rows, use `predict_to_file`."""
-    rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers))
+    rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers, precision,
+                                 deterministic_kernels))
     if out_file and distributed.is_main():  # under torchrun, rank 0 alone has the rows
         from .evaluate import write_predictions
         with recording(Path(out_file).parent):  # into a run's manifest, if it is in one
@@ -233,37 +251,46 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
 
 
 def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str = "auto",
-                    num_workers: int | None = None) -> int:
+                    num_workers: int | None = None, precision: str | None = None,
+                    deterministic_kernels: bool = False) -> int:
     """Stream P(fake) for every image in `paths` into `out_file` (.csv or .json) as the batches
     come; memory stays flat however many images there are. Returns the number of rows written."""
     from .evaluate import atomic_text_file, write_prediction_rows
     if not distributed.is_main():  # under torchrun: run this rank's share; rank 0 writes the file
-        return sum(1 for _ in iter_predictions(run_dir, paths, batch_size, device, num_workers))
+        return sum(1 for _ in iter_predictions(run_dir, paths, batch_size, device, num_workers,
+                                               precision, deterministic_kernels))
     out_file = Path(out_file)
     with recording(out_file.parent), atomic_text_file(out_file) as f:  # recorded if in a run
-        return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device, num_workers),
+        return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device,
+                                                      num_workers, precision, deterministic_kernels),
                                      f, out_file.suffix)
 
 
 def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size: int = 64,
                  device: str = "auto", num_workers=None, n_bootstrap: int = 1000,
-                 log=print) -> dict:
+                 log=print, precision: str | None = None,
+                 deterministic_kernels: bool = True) -> dict:
     """Metrics, figures and predictions of a run on data_dir/split (or on a plain folder holding
     real/ and fake/, for a cross-dataset test). Written to run_dir/eval/<name>/ unless out_dir.
+
+    Deterministic kernels by default (determinism.py): evaluating a run twice gives the same
+    metrics on a GPU too. `precision`: default the one the run trained in (run_precision).
     Under torchrun, rank 0 does this with every rank's predictions; the other ranks return None."""
     from .evaluate import compute_metrics
     from .figures import plt
     from .split import split_groups
     model, checkpoint = load_run(run_dir, device)
+    precision = run_precision(checkpoint, precision)
     data_dir = Path(data_dir)
     # A split folder (data/val) or any folder holding real/ and fake/ (another data set).
     is_split = (data_dir / "split.csv").is_file() or (data_dir / split).is_dir()
     items = list_split(data_dir, split) if is_split else list_labelled_folder(data_dir)
     split = split if is_split else "all"
-    probabilities, failures = stream_probabilities(
-        model, items, checkpoint["img_size"], checkpoint["mean"], checkpoint["std"], batch_size,
-        num_workers, desc=f"evaluate {split}", skip_unreadable=True,
-        decode=run_decode(checkpoint))
+    with deterministic(deterministic_kernels):
+        probabilities, failures = stream_probabilities(
+            model, items, checkpoint["img_size"], checkpoint["mean"], checkpoint["std"],
+            batch_size, num_workers, desc=f"evaluate {split}", skip_unreadable=True,
+            decode=run_decode(checkpoint), precision=precision)
     if not distributed.is_main():
         return None  # under torchrun, this rank's share went to rank 0, which writes the results
     if failures:  # listed in one warning, left out of the metrics; fail only when none is left
@@ -279,7 +306,8 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
                               val_threshold=checkpoint.get("val_threshold"),
                               groups=split_groups(data_dir, items), n_bootstrap=n_bootstrap)
     metrics.update({"data": str(data_dir), "split": split, "run": str(run_dir),
-                    "weights": checkpoint["weights"]})
+                    "weights": checkpoint["weights"], "precision": precision,
+                    "deterministic": bool(deterministic_kernels)})
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "eval" / f"{data_dir.name}-{split}"
     # Into the run's manifest (and that of another run, if out is in one): what this wrote.

@@ -41,14 +41,16 @@ from .audit import AuditWarning, audit_split
 from .demo_data import synthetic_origin
 from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
     train_transform, check_decode, decode_size, normalize_batch, own_size_transform, resolve_resize
-from .features import cache_file, cached_features, channels_last
+from .determinism import deterministic
+from .features import (autocast_for, cache_file, cached_features, channels_last, check_precision,
+                       exact_fp32)
 from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
                        start_run_dir)
 from .manifest import read_manifest as read_run_manifest
 from .lr_find import lr_find, plot_lr_find
 from .probe import (comparison_rows, fit_probe, floored_scale, fold_standardization,
                     head_vs_probe, probe_summary)
-from .model import build_model, pick_device
+from .model import backbone_features, build_model, pick_device
 from .evaluate import (choose_threshold, compute_metrics, metrics_table_rows, plot_history,
                        save_evaluation_figures, write_predictions, write_report, write_table)
 from .figures import plt, save_figure
@@ -91,6 +93,11 @@ class TrainConfig:
     device: str = "auto"                # cuda, mps or cpu, in that order
     num_workers: int | None = None      # image-decoding processes; None = measured default (0 on 2 cores)
     overwrite: bool = False             # replace an existing run directory
+    precision: str = "fp32"             # what the backbone computes in: fp32 (the same numbers on
+                                        # every device and path), or opt-in mixed precision
+                                        # "bf16", "fp16", "amp" (bf16/fp16 on CUDA, else fp32);
+                                        # evaluate, predict and Grad-CAM default to the run's
+    deterministic: bool = False         # torch's and cuDNN's deterministic kernels (determinism.py)
 
 
 CACHED_EPOCHS, PLAIN_EPOCHS = 500, 50   # the epoch budget when `epochs` is None
@@ -238,6 +245,7 @@ def check_config(config: TrainConfig) -> None:
     check_decode(config.decode)
     resolve_resize(config.resize, "cpu")  # only checks the name here
     whole("lr_plateau_patience", 0)
+    check_precision(config.precision)
     if not (isinstance(config.lr_plateau_factor, numbers.Real)
             and 0 < config.lr_plateau_factor < 1):
         raise ValueError("lr_plateau_factor must be a number between 0 and 1 (exclusive); got "
@@ -405,6 +413,21 @@ def feature_batches(features, labels, batch_size, order=None):
         yield features[index], labels[index]
 
 
+class BackboneInPrecision(nn.Module):
+    """The plain loop's network: the backbone in `precision`, as extraction computes the cached
+    features (features.autocast_for), then the head in float32 on float32 features, as the cached
+    path's head sees them. In fp32 it computes what model(images) does."""
+
+    def __init__(self, model: nn.Module, device, precision: str = "fp32"):
+        super().__init__()
+        self.model, self.device, self.precision = model, torch.device(device), precision
+
+    def forward(self, images):
+        with autocast_for(self.device, self.precision):
+            features = backbone_features(self.model, images)
+        return self.model.fc(features.float())
+
+
 def image_batches(items, transform, config, order, device, augmentation=None):
     """The plain loop's batches: decode and push images each time (augmenting on the fly).
     Decoded and resized as the cached path's extraction does (config.decode, config.resize),
@@ -461,7 +484,7 @@ def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | N
 
     run_dir = prepare_run_dir(config.out_dir, config.overwrite)
     config.out_dir = str(run_dir)
-    with recording(run_dir):
+    with recording(run_dir), deterministic(config.deterministic):
         trained = train_into(run_dir, config, model, weights_record, train_items, val_items,
                              counts, generator, device, log_to_console)
     mark_complete(run_dir)
@@ -560,10 +583,11 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
         train_tf = train_transform(config.img_size, augmentation)
         val_tf = eval_transform(config.img_size)
         model.fc = head.to(device)  # the whole network ends in the (standardised) head
+        network = BackboneInPrecision(model, device, config.precision)
         try:
-            with channels_last(model):
+            with channels_last(model), exact_fp32(device, config.precision):  # backward too
                 history, best_epoch = fit(
-                    model, head,
+                    network, head,
                     lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device,
                                                 augmentation),
                     lambda: image_batches(val_items, val_tf, config, None, device),
@@ -584,7 +608,8 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
             val_logits = model.fc(val_features.to(device)).squeeze(1).float().cpu()
         else:
             with channels_last(model):
-                _, _, val_logits, _ = run_epoch(model, image_batches(val_items, val_tf, config, None, device),
+                _, _, val_logits, _ = run_epoch(BackboneInPrecision(model, device, config.precision),
+                                                image_batches(val_items, val_tf, config, None, device),
                                                 nn.BCEWithLogitsLoss(), None, device)
     probe = None
     if config.probe:
@@ -607,7 +632,7 @@ def feature_options(config: TrainConfig, device, log) -> dict:
     entries a run with this config reads."""
     return dict(img_size=config.img_size, cache_dir=config.cache_dir or None, batch_size=64,
                 device=device, num_workers=config.num_workers, seed=config.seed, log=log,
-                decode=config.decode, resize=config.resize)
+                decode=config.decode, resize=config.resize, precision=config.precision)
 
 
 def splits_a_run_extracts(config: TrainConfig) -> list[str]:
@@ -643,7 +668,8 @@ def extract_split_features(config: TrainConfig, splits, log=print) -> dict[str, 
         features = cached_features(model, items, desc=f"{split} features", **options)
         files[split] = None if features is None else cache_file(
             model, items, config.img_size, IMAGENET_MEAN, IMAGENET_STD, None, 1, config.seed,
-            device, config.cache_dir, config.decode, resolve_resize(config.resize, device))
+            device, config.cache_dir, config.decode, resolve_resize(config.resize, device),
+            config.precision)
     return files
 
 
@@ -757,6 +783,9 @@ def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, hi
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "threshold": 0.5,
         "weights": weights_record,
+        # What the backbone computed in while the head trained; evaluate, predict and Grad-CAM
+        # default to it (features.autocast_for).
+        "precision": getattr(config, "precision", "fp32"),
         # load_run rebuilds the standard head, Linear(512, 1); another head (a notebook
         # experiment) is recorded here so that loading it fails with a clear message.
         "head": repr(model.fc),

@@ -35,6 +35,14 @@ def test_the_whole_pipeline_from_the_command_line(raw_dataset, tmp_path, capsys)
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_images"] == 12 and metrics["accuracy"] >= 0.9 and metrics["roc_auc"] >= 0.9
     assert (run / "eval" / "data-val" / "metrics.json").is_file()
+    # fp32 (the run's precision, recorded in config.json) and deterministic kernels by default
+    assert json.loads((run / "config.json").read_text())["precision"] == "fp32"
+    assert metrics["precision"] == "fp32" and metrics["deterministic"] is True
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "e2"),
+                 "--precision", "bf16", "--no-deterministic"]) == 0
+    mixed = json.loads(capsys.readouterr().out)
+    assert mixed["precision"] == "bf16" and mixed["deterministic"] is False
+    assert mixed["roc_auc"] == pytest.approx(metrics["roc_auc"], abs=0.05)
 
     predictions = tmp_path / "predictions.json"
     assert main(["predict", "--run", str(run), str(data / "val"), "--out", str(predictions)]) == 0
@@ -52,7 +60,8 @@ def test_the_whole_pipeline_from_the_command_line(raw_dataset, tmp_path, capsys)
     assert len(single) == 1 and set(single[0]) == {"image_id", "prediction"}
 
     assert main(["gradcam", "--run", str(run), "--images", str(data / "val"),
-                 "--out", str(tmp_path / "cams")]) == 0
+                 "--out", str(tmp_path / "cams"), "--deterministic"]) == 0
+    assert json.loads((tmp_path / "cams" / "summary.json").read_text())["precision"] == "fp32"
     overlays = list((tmp_path / "cams").rglob("*.png"))
     assert any(p.parent.name in ("tp", "tn", "fp", "fn") for p in overlays)
 
@@ -64,6 +73,12 @@ def test_clear_errors_not_tracebacks(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
     assert main(["predict", "--run", str(tmp_path), str(tmp_path)]) == 2
     assert "checkpoint.pt" in capsys.readouterr().err
+
+
+def test_an_unknown_precision_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--weights", "none", "--precision", "half"])
+    assert "--precision" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 def test_train_requires_an_explicit_weights_choice(tmp_path, capsys):

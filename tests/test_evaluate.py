@@ -411,3 +411,45 @@ def test_fast_bootstrap_statistics_equal_sklearn(n, n_levels):
     p = np.round(rng.uniform(size=n) * n_levels) / n_levels  # coarse levels make ties
     assert rank_roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
     assert stepwise_average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+
+
+def one_replicate_at_a_time(y, p, threshold=0.5, n_bootstrap=1000, seed=0):
+    """bootstrap_ci as it was written before it was vectorised (issue 12): one replicate per
+    loop, numpy's rng.choice, the scalar statistics. The reference the fast one must equal."""
+    rng = np.random.default_rng(seed)
+    class_indices = [idx for idx in (np.flatnonzero(y == 0), np.flatnonzero(y == 1)) if idx.size]
+    both = len(class_indices) == 2
+    samples = {name: [] for name in (("accuracy", "roc_auc", "average_precision") if both
+                                     else ("accuracy",))}
+    for _ in range(n_bootstrap):
+        pick = np.concatenate([rng.choice(idx, size=idx.size) for idx in class_indices])
+        y_b, p_b = y[pick], p[pick]
+        samples["accuracy"].append(np.mean((p_b >= threshold).astype(int) == y_b))
+        if both:
+            samples["roc_auc"].append(ev.rank_roc_auc(y_b, p_b))
+            samples["average_precision"].append(ev.stepwise_average_precision(y_b, p_b))
+    ci = {"accuracy": None, "roc_auc": None, "average_precision": None}
+    for name, values in samples.items():
+        tail = 100 * (1 - ev.CI_LEVEL) / 2  # 2.5000000000000022, as bootstrap_ci computes it
+        lo, hi = np.percentile(values, [tail, 100 - tail])
+        ci[name] = [float(lo), float(hi)]
+    return ci
+
+
+@pytest.mark.parametrize("n, decimals, dtype", [(800, None, np.float64), (37, 1, np.float64),
+                                                (5, 1, np.float64), (1203, 3, np.float32)])
+def test_vectorised_bootstrap_gives_the_same_intervals_bit_for_bit(n, decimals, dtype, monkeypatch):
+    """Scoring many replicates at once (and in chunks) must not move a single bit: the same seed
+    gives the same intervals as one replicate at a time, with ties and without."""
+    rng = np.random.default_rng(n)
+    y = (rng.random(n) < 0.4).astype(int)
+    y[:2] = [0, 1]
+    p = rng.random(n)
+    p = (np.round(p, decimals) if decimals is not None else p).astype(dtype)
+    monkeypatch.setattr(ev, "BOOTSTRAP_CHUNK_VALUES", 7 * n)  # several chunks, one partial
+    for threshold, seed in ((0.5, 0), (0.3, 11)):
+        assert ev.bootstrap_ci(y, p, threshold, 300, seed) == \
+            one_replicate_at_a_time(y, p.astype(np.float64), threshold, 300, seed)
+    only_real = np.zeros(20, dtype=int)
+    assert ev.bootstrap_ci(only_real, p[:20], n_bootstrap=50) == \
+        one_replicate_at_a_time(only_real, p[:20].astype(np.float64), n_bootstrap=50)

@@ -4,6 +4,7 @@ streaming its rows to a file batch by batch."""
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -219,3 +220,67 @@ def test_extraction_leaves_the_model_usable_by_autograd(items):
     images = torch.stack([eval_transform(SIZE)(open_image(path)) for path, _ in items[:2]])
     cams = grad_cam(model, images, "fake", layer=model.layer3[-1])
     assert cams.shape == (2, SIZE, SIZE)
+
+
+# --- precision and determinism (issue 12) ------------------------------------------------------
+
+def test_fp32_is_the_default_on_every_device_and_mixed_precision_is_opt_in():
+    for device in ("cpu", "cuda", "mps"):
+        assert features.autocast_dtype(torch.device(device)) == torch.float32
+        assert features.autocast_dtype(torch.device(device), "bf16") == torch.bfloat16
+        assert features.autocast_dtype(torch.device(device), "fp16") == torch.float16
+    assert features.autocast_dtype(torch.device("cpu"), "amp") == torch.float32  # CPU bf16 is slow
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, amp"):
+        features.autocast_dtype(torch.device("cpu"), "float32")
+
+
+def test_the_cache_key_holds_the_chosen_precision(model, items, tmp_path):
+    """fp32 features and bf16 ones are cached apart; fp32 keeps the key it always had on the CPU."""
+    fp32 = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0, log=lambda m: None)
+    bf16 = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0, log=lambda m: None,
+                           precision="bf16")
+    assert len(list(tmp_path.glob("features-*.pt"))) == 2
+    assert (tmp_path / f"features-{key(model, items)[:24]}.pt").is_file()
+    assert (tmp_path / f"features-{key(model, items, precision=torch.bfloat16)[:24]}.pt").is_file()
+    assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
+    # bf16 keeps 8 bits of mantissa: features agree to a few percent of their scale, no better.
+    assert (fp32 - bf16).abs().max() <= 0.05 * fp32.abs().max()
+
+
+def test_deterministic_sets_the_flags_and_restores_them(monkeypatch):
+    from deepfake_detector.determinism import deterministic
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    with deterministic():
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        # cuDNN autotuning yields: it would pick the fastest kernel, not the same one each time
+        with features.cudnn_autotune(torch.device("cuda")):
+            assert not torch.backends.cudnn.benchmark
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    with deterministic(False):
+        assert torch.are_deterministic_algorithms_enabled() == before[0]
+
+
+def test_fp32_on_cuda_turns_tf32_off_for_the_block_only(monkeypatch):
+    """exact_fp32 touches only flags, so it can be checked without a GPU."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with features.exact_fp32(torch.device("cuda")):
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is True
+    with features.exact_fp32(torch.device("cuda"), "bf16"):
+        assert torch.backends.cudnn.allow_tf32 is True  # mixed precision: nothing to keep exact
+
+
+def test_the_head_in_fp32_is_the_whole_model_in_fp32(model):
+    images = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(features.head_in_fp32(model.eval(), images), model(images))
+        with features.autocast_for(torch.device("cpu"), "bf16"):
+            mixed = features.head_in_fp32(model, images)
+    assert mixed.dtype == torch.float32  # the head ran in fp32 on the bf16 backbone's features
