@@ -477,12 +477,29 @@ def main(argv=None) -> int:
         print(f"interrupted: {KEPT_WHEN_INTERRUPTED.get(args.command, KEPT_BY_DEFAULT)}",
               file=sys.stderr)
         return 130
+    except RuntimeError as error:
+        if not lost_a_peer(error):
+            raise
+        # Another rank stopped (its own error is printed above) and this one lost its partner.
+        first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        print(f"error: another process of this torchrun launch failed; its message is above "
+              f"({type(error).__name__}: {first_line})", file=sys.stderr)
+        return 2
     finally:
         if "deepfake_detector.distributed" in sys.modules:
             sys.modules["deepfake_detector.distributed"].stop()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def lost_a_peer(error: RuntimeError) -> bool:
+    """Under torchrun: the error of a collective whose other side went away (gloo says "closed by
+    peer"; NCCL and the store raise torch.distributed's DistError)."""
+    module = sys.modules.get("deepfake_detector.distributed")
+    if module is None or not module.is_active():
+        return False
+    return isinstance(error, module.dist.DistError) or "peer" in str(error).lower()
 
 
 def interrupt(signum, frame):

@@ -231,3 +231,27 @@ def test_the_processes_of_one_machine_share_its_cores_for_decoding(monkeypatch):
     assert default_num_workers("cpu") == 4
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert default_num_workers("cpu") == 0  # a core each: the model's thread decodes too
+
+
+def test_a_file_one_rank_cannot_read_stops_the_launch_with_its_name(tmp_path):
+    """Extraction refuses unreadable files (as in one process). The rank that meets one names it
+    and exits; its partner, left waiting in the gather, says so in one line; nothing is written."""
+    from deepfake_detector.split import list_split, split_dataset
+    raw = make_raw_dataset(tmp_path / "raw", n_real=90, n_fake=90, size=16, seed=2)
+    split_dataset(raw, tmp_path / "data", seed=0)
+    broken = list_split(tmp_path / "data", "train")[100][0]  # batch 1 of 3: rank 1's
+    broken.write_bytes(b"not an image")
+    process = start(["--standalone", "--nproc_per_node=2"],
+                    ["extract", "--data", "data", "--weights", "none", "--img-size", "32",
+                     "--cache-dir", "cache"], tmp_path)
+    try:
+        _, err = process.communicate(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    assert f"error: Cannot read image {broken.relative_to(tmp_path)}" in err
+    # Its partner says why it stopped too (or, if torchrun's stop came first, that it was stopped).
+    assert "error: another process of this torchrun launch failed; its message is above" in err \
+        or "interrupted:" in err
+    assert not (tmp_path / "cache").exists()
