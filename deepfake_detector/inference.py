@@ -121,7 +121,9 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
             if skip_unreadable:
                 failures.extend(batch[3])
             if len(indices):
-                logits = head_in_fp32(model, normalize_batch(images, mean, std, device, on_device))
+                x = normalize_batch(images, mean, std, device, on_device)
+                # Mixed precision: the head in fp32, as in training (features.head_in_fp32)
+                logits = model(x).float() if precision == "fp32" else head_in_fp32(model, x)
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
     with inference_pass(model, device, precision):
