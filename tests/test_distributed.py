@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from conftest import make_raw_dataset
 from deepfake_detector.cli import main
