@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from conftest import make_raw_dataset
 from deepfake_detector.cli import main
@@ -61,8 +60,10 @@ def free_port() -> int:
 
 
 def launch_environment() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
+    env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    if Path("/sys/class/net/lo").exists():  # Linux: gloo talks over the loopback device only
+        env["GLOO_SOCKET_IFNAME"] = "lo"
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return env
