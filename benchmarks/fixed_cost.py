@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
         val_x = cached_features(run.model, run.val_items, **from_cache).numpy()
 
         parts = {name: [] for name in ("metrics (bootstrap CIs), before", "metrics (bootstrap CIs), after",
-                                       "figures (7 x PNG + PDF)", "predictions, tables, report",
+                                       "figures (6 x PNG + PDF)", "predictions, tables, report",
                                        "probe fit (logistic regression, CV)",
                                        "probe metrics (bootstrap CIs), after")}
         for _ in range(args.repeats):
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
                 save_evaluation_figures(labels, p, metrics, figures, title_prefix="Validation",
                                         name_prefix="val_")
                 plt.close("all")
-            parts["figures (7 x PNG + PDF)"].append(timed(draw)[0])
+            parts["figures (6 x PNG + PDF)"].append(timed(draw)[0])
 
             def write():
                 write_predictions([{"image_id": Path(path).name, "prediction": float(q),
@@ -152,10 +152,10 @@ def main(argv=None) -> dict:
 
         medians = {name: statistics.median(values) for name, values in parts.items()}
         fixed_before = (medians["metrics (bootstrap CIs), before"] * 2
-                        + medians["figures (7 x PNG + PDF)"] + medians["predictions, tables, report"])
+                        + medians["figures (6 x PNG + PDF)"] + medians["predictions, tables, report"])
         fixed_after = (medians["metrics (bootstrap CIs), after"]
                        + medians["probe metrics (bootstrap CIs), after"]
-                       + medians["figures (7 x PNG + PDF)"] + medians["predictions, tables, report"])
+                       + medians["figures (6 x PNG + PDF)"] + medians["predictions, tables, report"])
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"fixed cost after training: {n_images} images ({len(labels)} val), "
               f"{torch.get_num_threads()} CPU threads, load {load:.2f}, median of {args.repeats}")
