@@ -260,7 +260,7 @@ def run(args) -> object:
         print(json.dumps(metrics, indent=2))
         return metrics
     if args.command == "predict":
-        from .evaluate import write_prediction_rows
+        from .predictions import write_prediction_rows
         from .inference import iter_predictions, predict_to_file
         if args.out:  # streamed to the file batch by batch: flat memory for any number of images
             n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device)

@@ -35,7 +35,8 @@ from .progress import tqdm
 from . import CLASS_TO_IDX
 from .data import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, normalize_batch,
                    train_transform, uint8_transform)
-from .evaluate import write_report, write_table
+from .report import write_report
+from .tables import write_table
 from .features import channels_last
 from .inference import load_run
 from .manifest import mark_complete, recording

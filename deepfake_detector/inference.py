@@ -210,7 +210,7 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
     as CSV or JSON when asked. For folders too large to hold the rows, use `predict_to_file`."""
     rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers))
     if out_file:
-        from .evaluate import write_predictions
+        from .predictions import write_predictions
         with recording(Path(out_file).parent):  # into a run's manifest, if it is in one
             write_predictions(rows, out_file)
     return rows
@@ -220,7 +220,7 @@ def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str 
                     num_workers: int | None = None) -> int:
     """Stream P(fake) for every image in `paths` into `out_file` (.csv or .json) as the batches
     come; memory stays flat however many images there are. Returns the number of rows written."""
-    from .evaluate import atomic_text_file, write_prediction_rows
+    from .predictions import atomic_text_file, write_prediction_rows
     out_file = Path(out_file)
     with recording(out_file.parent), atomic_text_file(out_file) as f:  # recorded if in a run
         return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device, num_workers),
@@ -232,7 +232,7 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
                  log=print) -> dict:
     """Metrics, figures and predictions of a run on data_dir/split (or on a plain folder holding
     real/ and fake/, for a cross-dataset test). Written to run_dir/eval/<name>/ unless out_dir."""
-    from .evaluate import compute_metrics
+    from .metrics import compute_metrics
     from .figures import plt
     from .split import split_groups
     model, checkpoint = load_run(run_dir, device)
@@ -271,8 +271,10 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
 
 def write_evaluation(run_dir: Path, data_dir: Path, out: Path, out_dir, split: str, items,
                      labels, probabilities, metrics: dict) -> None:
-    from .evaluate import (metrics_table_rows, save_evaluation_figures, write_predictions,
-                           write_report, write_table)
+    from .plots import save_evaluation_figures
+    from .predictions import write_predictions
+    from .report import write_report
+    from .tables import metrics_table_rows, write_table
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_predictions(({"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}

@@ -28,7 +28,10 @@ from torchvision import transforms
 from .progress import tqdm
 
 from .data import make_loader, normalize_batch, uint8_transform
-from .evaluate import AUC_COLOUR, FAKE_COLOUR, MUTED, compute_metrics, write_report, write_table
+from .metrics import compute_metrics
+from .plots import AUC_COLOUR, FAKE_COLOUR, MUTED
+from .report import write_report
+from .tables import write_table
 from .features import inference_pass
 from .figures import paper_style, plt, save_figure
 from .inference import evaluate_run, load_run

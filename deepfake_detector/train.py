@@ -49,8 +49,11 @@ from .lr_find import lr_find, plot_lr_find
 from .probe import (comparison_rows, fit_probe, floored_scale, fold_standardization,
                     head_vs_probe, probe_summary)
 from .model import build_model, pick_device
-from .evaluate import (choose_threshold, compute_metrics, metrics_table_rows, plot_history,
-                       save_evaluation_figures, write_predictions, write_report, write_table)
+from .metrics import choose_threshold, compute_metrics
+from .plots import plot_history, save_evaluation_figures
+from .predictions import write_predictions
+from .report import write_report
+from .tables import metrics_table_rows, write_table
 from .figures import plt, save_figure
 from .split import drop_unreadable, list_split, split_groups
 
