@@ -16,38 +16,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import threading
+from dataclasses import fields
 from pathlib import Path
 
+from .config import TrainConfig, positive_float_or_find, positive_int  # noqa: F401 (re-exported)
 from .serve import MissingExtraError
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1, checked before anything runs or is written."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}")
-    return value
+# The settings the command line takes, from TrainConfig: a field with a flag is an option.
+TRAIN_SETTINGS = {f.name: f for f in fields(TrainConfig) if f.metadata.get("flag")}
 
 
-def positive_float_or_find(text: str) -> float | str:
-    """argparse type for --lr: a positive number, or "find" (the learning-rate finder)."""
-    if text == "find":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'must be a positive number or "find"; got {text!r}') \
-            from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f'must be a positive number or "find"; got {text!r}')
-    return value
+def add_setting(parser, name: str) -> None:
+    """Add the option of TrainConfig's field `name`: its flag, default, type and help text are
+    the field's own (config.py), so a setting is spelled once for every command that takes it."""
+    meta, default = TRAIN_SETTINGS[name].metadata, TRAIN_SETTINGS[name].default
+    if meta["flag"].startswith("--no-"):  # on by default: the flag switches it off
+        parser.add_argument(meta["flag"], dest=name, action="store_false", help=meta["help"])
+    elif isinstance(default, bool):
+        parser.add_argument(meta["flag"], dest=name, action="store_true", help=meta["help"])
+    elif meta["required"]:
+        parser.add_argument(meta["flag"], dest=name, required=True, type=meta["parse"],
+                            help=meta["help"])
+    else:
+        parser.add_argument(meta["flag"], dest=name, default=default, type=meta["parse"],
+                            help=meta["help"])
 
 
 def add_split(commands):
@@ -61,57 +57,55 @@ def add_split(commands):
                    help='keep related images together: "folder", "regex:PATTERN" or a CSV path,group')
     p.add_argument("--link-mode", choices=["copy", "hardlink"], default="copy")
     p.add_argument("--replace", action="store_true", help="replace an existing split made differently")
+    p.set_defaults(func=run_split)
+
+
+def run_split(args):
+    from .split import split_dataset
+    summary = split_dataset(args.raw, args.out, val_fraction=args.val_fraction,
+                            test_fraction=args.test_fraction, seed=args.seed,
+                            group_by=args.group_by, link_mode=args.link_mode,
+                            replace=args.replace)
+    print(summary)
+    return summary
 
 
 def add_train(commands):
-    from .train import TrainConfig
-    d = TrainConfig()
     p = commands.add_parser("train", help="train the single-logit head on a frozen ResNet-18")
-    p.add_argument("--data", default=d.data_dir, help="folder with train/ and val/")
-    p.add_argument("--out", default=d.out_dir, help="run directory (default outputs/runs/<time>)")
-    p.add_argument("--weights", required=True,
-                   help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
-    p.add_argument("--epochs", type=positive_int, default=d.epochs,
-                   help="epoch budget (default 500 on cached features, 50 with --no-feature-cache)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=positive_float_or_find, default=d.lr,
-                   help=f'Adam\'s rate (default {d.lr:g}), or "find": the lr finder\'s suggestion')
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--patience", type=positive_int, default=d.patience)
-    p.add_argument("--min-delta", type=float, default=d.min_delta)
-    p.add_argument("--lr-plateau-patience", type=int, default=d.lr_plateau_patience,
-                   help="stalled epochs before the rate is cut (0: constant rate)")
-    p.add_argument("--lr-plateau-factor", type=float, default=d.lr_plateau_factor)
-    p.add_argument("--no-standardize", action="store_true",
-                   help="train on raw features (the seed recipe: --lr 1e-4 --epochs 50 --patience 5 "
-                        "--lr-plateau-patience 0 --no-standardize)")
-    p.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe")
-    p.add_argument("--img-size", type=positive_int, default=d.img_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--augment", action="store_true", help="flip, colour jitter, small rotation")
-    p.add_argument("--augment-views", type=positive_int, default=d.augment_views,
-                   help="augmented views cached per image when --augment (cached path)")
-    p.add_argument("--no-feature-cache", action="store_true",
-                   help="plain loop: a full forward pass per image per epoch")
-    p.add_argument("--cache-dir", default=d.cache_dir, help='feature cache ("" for none)')
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    for name in TRAIN_SETTINGS:
+        add_setting(p, name)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args):
+    from .train import train
+    return train(TrainConfig(**{name: getattr(args, name) for name in TRAIN_SETTINGS}))
 
 
 def add_lr_find(commands):
     p = commands.add_parser("lr-find", help="sweep the head's learning rate on cached features")
     p.add_argument("--data", default="data", help="folder with train/ (and val/)")
-    p.add_argument("--weights", required=True,
-                   help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
+    add_setting(p, "weights")
     p.add_argument("--out", default="outputs/lr_find", help="folder for lr_find.{json,png,pdf}")
-    p.add_argument("--img-size", type=positive_int, default=224)
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    add_setting(p, "img_size")
+    add_setting(p, "batch_size")
     p.add_argument("--no-standardize", action="store_true", help="sweep on raw features")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default="outputs/cache", help='feature cache ("" for none)')
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
+    add_setting(p, "seed")
+    add_setting(p, "cache_dir")
+    add_setting(p, "device")
+    add_setting(p, "num_workers")
+    p.set_defaults(func=run_lr_find)
+
+
+def run_lr_find(args):
+    from .lr_find import lr_find_on_data
+    result = lr_find_on_data(args.data, args.weights, args.out, img_size=args.img_size,
+                             batch_size=args.batch_size, standardize=not args.no_standardize,
+                             seed=args.seed, cache_dir=args.cache_dir, device=args.device,
+                             num_workers=args.num_workers)
+    print(f"suggested learning rate {result.suggestion:.3g} (lowest loss at "
+          f"{result.min_loss_lr:.3g}); sweep and plot in {args.out}")
+    return result
 
 
 def add_evaluate(commands):
@@ -121,7 +115,16 @@ def add_evaluate(commands):
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
+    add_setting(p, "device")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args):
+    from .inference import evaluate_run
+    metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
+                           args.device, log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def add_predict(commands):
@@ -130,7 +133,20 @@ def add_predict(commands):
     p.add_argument("paths", nargs="+", help="image files and/or folders")
     p.add_argument("--out", default=None, help=".json or .csv (default: JSON to stdout)")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
+    add_setting(p, "device")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args):
+    from .predictions import write_prediction_rows
+    from .inference import iter_predictions, predict_to_file
+    if args.out:  # streamed to the file batch by batch: flat memory for any number of images
+        n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device)
+        print(f"{n} predictions written to {args.out}", file=sys.stderr)
+        return n
+    rows = iter_predictions(args.run, args.paths, args.batch_size, args.device)
+    return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
+                                  for row in rows), sys.stdout, "json")
 
 
 def add_gradcam(commands):
@@ -143,7 +159,17 @@ def add_gradcam(commands):
     p.add_argument("--masks", default=None, help="folder of masks of the fakes (synthetic data)")
     p.add_argument("--max-images", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--device", default="auto")
+    add_setting(p, "device")
+    p.set_defaults(func=run_gradcam)
+
+
+def run_gradcam(args):
+    from .gradcam import explain_run
+    summary = explain_run(args.run, args.images, args.out, target=args.target,
+                          masks_dir=args.masks, max_images=args.max_images,
+                          batch_size=args.batch_size, device=args.device)
+    print(json.dumps(summary, indent=2, default=str))
+    return summary
 
 
 def add_demo_data(commands):
@@ -152,6 +178,16 @@ def add_demo_data(commands):
     p.add_argument("--n-per-class", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_demo_data)
+
+
+def run_demo_data(args):
+    from .demo_data import generate_demo_data
+    options = {k: v for k, v in (("n_per_class", args.n_per_class),
+                                 ("image_size", args.image_size)) if v is not None}
+    out = generate_demo_data(args.out, seed=args.seed, **options)
+    print(f"synthetic demo data in {out}")
+    return out
 
 
 def add_notebook(commands):
@@ -166,6 +202,15 @@ def add_notebook(commands):
     p.add_argument("--cwd", default=None,
                    help="the kernel's working directory, from which the notebook's relative "
                         "paths (dataset_raw, data, outputs) are read (default: the project root)")
+    p.set_defaults(func=run_notebook)
+
+
+def run_notebook(args):
+    from .notebook import execute_notebook
+    out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout,
+                           cwd=args.cwd)
+    print(f"executed notebook and its artefacts: {out}")
+    return out
 
 
 def add_audit(commands):
@@ -173,6 +218,14 @@ def add_audit(commands):
     p.add_argument("--data", default="data", help="a split, or any folder with real/ and fake/")
     p.add_argument("--out", default=None,
                    help="default: DATA/audit for a split, outputs/audit/<name> for other folders")
+    p.set_defaults(func=run_audit)
+
+
+def run_audit(args):
+    from .audit import audit_split
+    findings = audit_split(args.data, args.out)  # flags also come as a warning on stderr
+    print(f"{len(findings['flags'])} flag(s); audit written to {findings['out_dir']}")
+    return findings
 
 
 def add_robustness(commands):
@@ -182,8 +235,19 @@ def add_robustness(commands):
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--n-bootstrap", type=int, default=200)
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
+    add_setting(p, "device")
+    add_setting(p, "num_workers")
+    p.set_defaults(func=run_robustness)
+
+
+def run_robustness(args):
+    from .robustness import robustness_table
+    rows = robustness_table(args.run, args.data, args.split, n_bootstrap=args.n_bootstrap,
+                            batch_size=args.batch_size, device=args.device,
+                            num_workers=args.num_workers,
+                            log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(rows, indent=2))
+    return rows
 
 
 def add_cross_eval(commands):
@@ -195,8 +259,19 @@ def add_cross_eval(commands):
                    help="of a split folder (default: test if it has one, else val)")
     p.add_argument("--n-bootstrap", type=int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
+    add_setting(p, "device")
+    add_setting(p, "num_workers")
+    p.set_defaults(func=run_cross_eval)
+
+
+def run_cross_eval(args):
+    from .robustness import cross_dataset_row
+    row = cross_dataset_row(args.run, args.data, name=args.name, split=args.split,
+                            n_bootstrap=args.n_bootstrap, batch_size=args.batch_size, device=args.device,
+                            num_workers=args.num_workers,
+                            log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(row, indent=2))
+    return row
 
 
 def add_finetune(commands):
@@ -210,8 +285,19 @@ def add_finetune(commands):
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: the run's")
     p.add_argument("--no-layer3-cache", action="store_true",
                    help="full forward passes every epoch (the cache gives the same result)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
+    add_setting(p, "device")
+    add_setting(p, "num_workers")
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args):
+    from .finetune import finetune_layer4
+    out = finetune_layer4(args.run, args.out, lr=args.lr, head_lr=args.head_lr,
+                          epochs=args.epochs, patience=args.patience,
+                          batch_size=args.batch_size, cache_layer3=not args.no_layer3_cache,
+                          device=args.device, num_workers=args.num_workers)
+    print(f"phase 2 run in {out}; both phases in {Path(out) / 'tables' / 'phases.md'}")
+    return out
 
 
 def add_app(commands):
@@ -222,129 +308,44 @@ def add_app(commands):
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--demo", action="store_true",
                    help="without --run: first train the synthetic demo run (about a minute)")
+    p.set_defaults(func=run_app)
 
 
-def run(args) -> object:
-    if args.command == "split":
-        from .split import split_dataset
-        summary = split_dataset(args.raw, args.out, val_fraction=args.val_fraction,
-                                test_fraction=args.test_fraction, seed=args.seed,
-                                group_by=args.group_by, link_mode=args.link_mode,
-                                replace=args.replace)
-        print(summary)
-        return summary
-    if args.command == "train":
-        from .train import TrainConfig, train
-        config = TrainConfig(
-            data_dir=args.data, out_dir=args.out, weights=args.weights, img_size=args.img_size,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, patience=args.patience, min_delta=args.min_delta,
-            lr_plateau_patience=args.lr_plateau_patience, lr_plateau_factor=args.lr_plateau_factor,
-            standardize=not args.no_standardize, probe=not args.no_probe, seed=args.seed, augment=args.augment, augment_views=args.augment_views,
-            cache_features=not args.no_feature_cache, cache_dir=args.cache_dir,
-            device=args.device, num_workers=args.num_workers, overwrite=args.overwrite)
-        return train(config)
-    if args.command == "lr-find":
-        from .lr_find import lr_find_on_data
-        result = lr_find_on_data(args.data, args.weights, args.out, img_size=args.img_size,
-                                 batch_size=args.batch_size, standardize=not args.no_standardize,
-                                 seed=args.seed, cache_dir=args.cache_dir, device=args.device,
-                                 num_workers=args.num_workers)
-        print(f"suggested learning rate {result.suggestion:.3g} (lowest loss at "
-              f"{result.min_loss_lr:.3g}); sweep and plot in {args.out}")
-        return result
-    if args.command == "evaluate":
-        from .inference import evaluate_run
-        metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
-                               args.device, log=lambda m: print(m, file=sys.stderr))
-        print(json.dumps(metrics, indent=2))
-        return metrics
-    if args.command == "predict":
-        from .predictions import write_prediction_rows
-        from .inference import iter_predictions, predict_to_file
-        if args.out:  # streamed to the file batch by batch: flat memory for any number of images
-            n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device)
-            print(f"{n} predictions written to {args.out}", file=sys.stderr)
-            return n
-        rows = iter_predictions(args.run, args.paths, args.batch_size, args.device)
-        return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
-                                      for row in rows), sys.stdout, "json")
-    if args.command == "gradcam":
-        from .gradcam import explain_run
-        summary = explain_run(args.run, args.images, args.out, target=args.target,
-                              masks_dir=args.masks, max_images=args.max_images,
-                              batch_size=args.batch_size, device=args.device)
-        print(json.dumps(summary, indent=2, default=str))
-        return summary
-    if args.command == "demo-data":
-        from .demo_data import generate_demo_data
-        options = {k: v for k, v in (("n_per_class", args.n_per_class),
-                                     ("image_size", args.image_size)) if v is not None}
-        out = generate_demo_data(args.out, seed=args.seed, **options)
-        print(f"synthetic demo data in {out}")
-        return out
-    if args.command == "notebook":
-        from .notebook import execute_notebook
-        out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout,
-                               cwd=args.cwd)
-        print(f"executed notebook and its artefacts: {out}")
-        return out
-    if args.command == "audit":
-        from .audit import audit_split
-        findings = audit_split(args.data, args.out)  # flags also come as a warning on stderr
-        print(f"{len(findings['flags'])} flag(s); audit written to {findings['out_dir']}")
-        return findings
-    if args.command == "robustness":
-        from .robustness import robustness_table
-        rows = robustness_table(args.run, args.data, args.split, n_bootstrap=args.n_bootstrap,
-                                batch_size=args.batch_size, device=args.device,
-                                num_workers=args.num_workers,
-                                log=lambda m: print(m, file=sys.stderr))
-        print(json.dumps(rows, indent=2))
-        return rows
-    if args.command == "cross-eval":
-        from .robustness import cross_dataset_row
-        row = cross_dataset_row(args.run, args.data, name=args.name, split=args.split,
-                                n_bootstrap=args.n_bootstrap, batch_size=args.batch_size, device=args.device,
-                                num_workers=args.num_workers,
-                                log=lambda m: print(m, file=sys.stderr))
-        print(json.dumps(row, indent=2))
-        return row
-    if args.command == "finetune":
-        from .finetune import finetune_layer4
-        out = finetune_layer4(args.run, args.out, lr=args.lr, head_lr=args.head_lr,
-                              epochs=args.epochs, patience=args.patience,
-                              batch_size=args.batch_size, cache_layer3=not args.no_layer3_cache,
-                              device=args.device, num_workers=args.num_workers)
-        print(f"phase 2 run in {out}; both phases in {Path(out) / 'tables' / 'phases.md'}")
-        return out
-    if args.command == "app":
-        from .serve import serve_app
-        return serve_app(args.run, args.host, args.port, args.demo)  # replaces this process
-    raise AssertionError(args.command)
+def run_app(args):
+    from .serve import serve_app
+    return serve_app(args.run, args.host, args.port, args.demo)  # replaces this process
 
 
-def main(argv=None) -> int:
-    # The command line only saves figures, never shows them: the headless backend, chosen here by
-    # the application (importing the package leaves the backend alone).
-    import matplotlib
-    matplotlib.use("Agg")
+COMMANDS = (add_split, add_train, add_lr_find, add_evaluate, add_predict, add_gradcam,
+            add_demo_data, add_notebook, add_audit, add_robustness, add_cross_eval, add_finetune,
+            add_app)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Imports nothing heavy (each command imports what it runs), so
+    --help answers at once."""
     from . import __version__
     parser = argparse.ArgumentParser(prog="python -m deepfake_detector", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (add_split, add_train, add_lr_find, add_evaluate, add_predict, add_gradcam,
-                add_demo_data, add_notebook, add_audit, add_robustness, add_cross_eval,
-                add_finetune, add_app):
+    for add in COMMANDS:
         add(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    # The command line only saves figures, never shows them: the headless backend, chosen here by
+    # the application (importing the package leaves the backend alone), once a command runs.
+    import matplotlib
+    matplotlib.use("Agg")
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         # `kill` (a job scheduler's stop) ends a command like Ctrl-C: cleanly, and with the line.
         signal.signal(signal.SIGTERM, interrupt)
     try:
-        run(args)
+        args.func(args)
     except (ValueError, OSError, MissingExtraError) as error:
         # Errors of the user's data or choices: one clear message, not a traceback.
         print(f"error: {error}", file=sys.stderr)

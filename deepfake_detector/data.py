@@ -23,15 +23,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from torchvision import transforms
 
+from .config import DEFAULT_AUGMENTATION  # what --augment means: stated once, with the settings
 from .images import ImageLoadError, decode_image, open_rgb  # noqa: F401 (ImageLoadError: re-exported)
 
 # The statistics ImageNet-pretrained backbones were trained with; inputs must match them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# What augmentation means here, when it is switched on. Small on purpose: a flip or a slight
-# colour change does not turn a fake into a real, but a heavy blur might erase the evidence.
-DEFAULT_AUGMENTATION = {"hflip": True, "color_jitter": 0.1, "rotation_degrees": 10}
 
 
 def open_image(source) -> Image.Image:

@@ -24,7 +24,7 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,8 +39,8 @@ from .progress import tqdm
 from . import CLASS_TO_IDX, __version__
 from .audit import AuditWarning, audit_split
 from .demo_data import synthetic_origin
-from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
-    train_transform
+from .config import TrainConfig
+from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, train_transform
 from .features import cached_features, channels_last
 from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
                        start_run_dir)
@@ -56,39 +56,6 @@ from .report import write_report
 from .tables import metrics_table_rows, write_table
 from .figures import plt, save_figure
 from .split import drop_unreadable, list_split, split_groups
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved as config.json in the run directory."""
-    data_dir: str = "data"              # holds train/{real,fake} and val/{real,fake}
-    out_dir: str = ""                   # the run directory; empty: outputs/runs/<date-time>
-    weights: str = "imagenet"           # "imagenet", "none" (random init) or a .pth path
-    img_size: int = 224                 # ResNet-18's native input; smaller is faster, coarser CAMs
-    # The default recipe, chosen by measurement (README, "The default recipe"). The seed recipe
-    # was epochs 50, lr 1e-4, patience 5, standardize False, lr_plateau_patience 0: it stopped at
-    # its epoch budget, 0.1 ROC-AUC short of what the features allow on CIFAKE.
-    epochs: int | None = None           # budget; None: 500 on cached features (early stopping
-                                        # ends training, an epoch costs ms), 50 on the plain loop
-    batch_size: int = 32
-    lr: float | str = 3e-3              # Adam on standardised features; "find": lr_find's suggestion
-    weight_decay: float = 0.0
-    patience: int = 10                  # epochs without val-loss improvement before stopping
-    min_delta: float = 1e-4             # what counts as an improvement of the val loss
-    lr_plateau_patience: int = 3        # cut the rate after this many epochs without improvement;
-                                        # 0: constant rate
-    lr_plateau_factor: float = 0.1      # ... by this factor
-    standardize: bool = True            # learn on train-standardised features, folded in at the end
-    probe: bool = True                  # fit the logistic-regression probe beside the head
-    seed: int = 0
-    augment: bool = False               # off by default: see the notebook on why
-    augmentation: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENTATION))
-    augment_views: int = 4              # augmented views cached per image (cached path only)
-    cache_features: bool = True         # extract backbone features once (frozen backbone)
-    cache_dir: str = "outputs/cache"    # where features are kept between runs; "" = memory only
-    device: str = "auto"                # cuda, mps or cpu, in that order
-    num_workers: int | None = None      # image-decoding processes; None = measured default (0 on 2 cores)
-    overwrite: bool = False             # replace an existing run directory
 
 
 CACHED_EPOCHS, PLAIN_EPOCHS = 500, 50   # the epoch budget when `epochs` is None
