@@ -31,7 +31,6 @@ import hashlib
 import heapq
 import json
 import numbers
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from torch import nn
 from . import CLASS_NAMES, CLASS_TO_IDX
 from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, open_image
 from .figures import paper_style
+from .files import atomic_write, write_json
 from .images import ImageLoadError, decode_image
 from .manifest import recording
 
@@ -512,22 +512,6 @@ def add_to_sheet(best: dict, row: dict, raw_cam: np.ndarray, sheet_paths, per_ou
                    "target": row["target"], "raw_cam": raw_cam}
         keep_most_confident(best.setdefault(row["outcome"], []), example, row["index"],
                             per_outcome if sheet_paths is None else len(sheet_paths))
-
-
-def atomic_write(path: Path, write, binary: bool = False) -> None:
-    """write(f) into a temporary file beside `path`, renamed into place when complete."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb" if binary else "w", **({} if binary else
-                                                          {"newline": "", "encoding": "utf-8"})) as f:
-            write(f)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"))
 
 
 def unique_name(name: str, used: set, folder: str) -> str:

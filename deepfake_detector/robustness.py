@@ -36,7 +36,8 @@ from .features import inference_pass
 from .figures import paper_style, plt, save_figure
 from .inference import evaluate_run, load_run
 from .images import regular_file_problem
-from .manifest import recording, sha256_of_file
+from .files import sha256_of_file
+from .manifest import recording
 from .split import list_labelled_folder, list_split, read_manifest
 
 # ----------------------------------------------------------------------------- perturbations

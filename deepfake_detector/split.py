@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from .progress import tqdm
 
 from deepfake_detector import CLASS_NAMES, CLASS_TO_IDX, __version__
+from deepfake_detector.files import sha256_of_file, write_json
 from deepfake_detector.images import ImageLoadError, decode_image, regular_file_problem
 
 SPLITS = ("train", "val", "test")
@@ -195,7 +196,7 @@ def inspect_image(path: Path) -> tuple[dict | None, str | None]:
         size = os.path.getsize(path)
         if not size:
             return None, "empty file (0 bytes)"
-        digest = _sha256_of_file(Path(path))
+        digest = sha256_of_file(Path(path))
     except OSError as error:
         return None, f"unreadable ({type(error).__name__}: {error.strerror or error})"
     try:
@@ -261,7 +262,7 @@ def split_dataset(raw_dir, out_dir, val_fraction: float = 0.2, test_fraction: fl
         if changes:
             raise SplitExistsError(_exists_message(out_dir, "from other raw files", changes))
         previous["raw_fingerprint"] = fingerprint  # the same bytes, only touched: remember that
-        _write_json(out_dir / SETTINGS_JSON, previous)
+        write_json(out_dir / SETTINGS_JSON, previous)
         return _keep_previous_split(raw_dir, out_dir, previous)
 
     status, notes = "created", plan["notes"]
@@ -279,7 +280,7 @@ def split_dataset(raw_dir, out_dir, val_fraction: float = 0.2, test_fraction: fl
     link_notes = _place_files(raw_dir, out_dir, plan["rows"], link_mode)
     if link_notes:
         record["warnings"] = notes = notes + link_notes
-        _write_json(out_dir / SETTINGS_JSON, record)
+        write_json(out_dir / SETTINGS_JSON, record)
     _warn(notes)
     return SplitSummary(status, counts, plan["excluded"], out_dir / MANIFEST_CSV,
                         plan["n_groups"], notes)
@@ -671,7 +672,7 @@ def _remove_previous_split(out_dir: Path) -> list[str]:
                 if name in OS_CLUTTER or (whole is not None and whole in written):
                     ours.append(path)
                 elif path in written and not path.is_symlink() and path.is_file() \
-                        and _sha256_of_file(path) == written[path]:
+                        and sha256_of_file(path) == written[path]:
                     ours.append(path)
                 else:
                     foreign.append(path.relative_to(out_dir).as_posix())
@@ -692,14 +693,6 @@ def _remove_previous_split(out_dir: Path) -> list[str]:
     return []
 
 
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -712,13 +705,7 @@ def _write_manifest(out_dir: Path, rows: list[dict], record: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(partial, out_dir / MANIFEST_CSV)
-    _write_json(out_dir / SETTINGS_JSON, record)
-
-
-def _write_json(path: Path, record: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    write_json(out_dir / SETTINGS_JSON, record)
 
 
 def _place_files(raw_dir: Path, out_dir: Path, rows: list[dict], link_mode: str) -> list[str]:

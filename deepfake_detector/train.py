@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import numbers
 import os
@@ -42,6 +41,7 @@ from .demo_data import synthetic_origin
 from .config import TrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, train_transform
 from .features import cached_features, channels_last
+from .files import write_json
 from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
                        start_run_dir)
 from .manifest import read_manifest as read_run_manifest
@@ -685,5 +685,3 @@ def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, hi
     write_json(run_dir / "data_counts.json", counts)
 
 
-def write_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
