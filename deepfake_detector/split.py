@@ -239,32 +239,56 @@ def split_dataset(raw_dir, out_dir, val_fraction: float = 0.2, test_fraction: fl
     class_folders = find_class_folders(raw_dir)
     _refuse_dangerous_layout(raw_dir, out_dir)
     candidates = {label: _images_of_class(folder, raw_dir) for label, folder in class_folders.items()}
+    settings = _split_settings(raw_dir, val_fraction, test_fraction, seed, group_by, link_mode)
+    fingerprint = _raw_fingerprint(raw_dir, candidates)
+
+    previous = _read_previous_split(out_dir, replace)
+    if previous is not None and not replace:
+        _refuse_other_settings(out_dir, previous["settings"], settings)
+        if previous.get("raw_fingerprint") == fingerprint:  # same names, sizes and times
+            return _keep_previous_split(raw_dir, out_dir, previous)
+    plan = _plan_split(raw_dir, class_folders, candidates, settings)
+    if previous is not None and not replace:
+        return _keep_touched_split(raw_dir, out_dir, previous, plan, fingerprint)
+    return _write_split(raw_dir, out_dir, plan, settings, fingerprint, replace)
+
+
+def _split_settings(raw_dir: Path, val_fraction, test_fraction, seed, group_by,
+                    link_mode: str) -> dict:
+    """What makes a split this split: another value of any of these is another split."""
     settings = {"raw_dir": str(raw_dir), "val_fraction": float(val_fraction),
                 "test_fraction": float(test_fraction), "seed": int(seed), "group_by": group_by,
                 "link_mode": link_mode}
     if _is_group_csv(group_by):  # a changed group file is a changed setting
         settings["group_csv_sha256"] = hashlib.sha256(Path(group_by).read_bytes()).hexdigest()
-    fingerprint = _raw_fingerprint(raw_dir, candidates)
+    return settings
 
-    previous = _read_previous_split(out_dir, replace)
-    if previous is not None and not replace:
-        differences = [f"{key}: {previous['settings'].get(key)!r} then, {settings.get(key)!r} now"
-                       for key in sorted(set(previous["settings"]) | set(settings))
-                       if previous["settings"].get(key) != settings.get(key)]
-        if differences:
-            raise SplitExistsError(_exists_message(out_dir, "with other settings", differences))
-        if previous.get("raw_fingerprint") == fingerprint:  # same names, sizes and times
-            return _keep_previous_split(raw_dir, out_dir, previous)
 
-    plan = _plan_split(raw_dir, class_folders, candidates, settings)
-    if previous is not None and not replace:
-        changes = _raw_changes(previous, read_manifest(out_dir), plan)
-        if changes:
-            raise SplitExistsError(_exists_message(out_dir, "from other raw files", changes))
-        previous["raw_fingerprint"] = fingerprint  # the same bytes, only touched: remember that
-        write_json(out_dir / SETTINGS_JSON, previous)
-        return _keep_previous_split(raw_dir, out_dir, previous)
+def _refuse_other_settings(out_dir: Path, previous: dict, settings: dict) -> None:
+    """The split in out_dir was made with other settings: refuse, naming each difference."""
+    differences = [f"{key}: {previous.get(key)!r} then, {settings.get(key)!r} now"
+                   for key in sorted(set(previous) | set(settings))
+                   if previous.get(key) != settings.get(key)]
+    if differences:
+        raise SplitExistsError(_exists_message(out_dir, "with other settings", differences))
 
+
+def _keep_touched_split(raw_dir: Path, out_dir: Path, previous: dict, plan: dict,
+                        fingerprint: str) -> SplitSummary:
+    """Same settings, raw files touched since (times or sizes moved): "unchanged" when they hold
+    the same images, which the fingerprint then remembers; other raw files: SplitExistsError."""
+    changes = _raw_changes(previous, read_manifest(out_dir), plan)
+    if changes:
+        raise SplitExistsError(_exists_message(out_dir, "from other raw files", changes))
+    previous["raw_fingerprint"] = fingerprint  # the same bytes, only touched: remember that
+    write_json(out_dir / SETTINGS_JSON, previous)
+    return _keep_previous_split(raw_dir, out_dir, previous)
+
+
+def _write_split(raw_dir: Path, out_dir: Path, plan: dict, settings: dict, fingerprint: str,
+                 replace: bool) -> SplitSummary:
+    """A new split ("created"), or one over a previous split ("replaced": only what
+    split_dataset wrote is deleted): the manifest, then the files."""
     status, notes = "created", plan["notes"]
     if replace and _holds_a_split(out_dir):
         status, notes = "replaced", _remove_previous_split(out_dir) + notes
@@ -277,7 +301,7 @@ def split_dataset(raw_dir, out_dir, val_fraction: float = 0.2, test_fraction: fl
     # The manifest goes first: if copying is interrupted, a re-run sees the same settings and
     # completes the split instead of refusing a folder it cannot account for.
     _write_manifest(out_dir, plan["rows"], record)
-    link_notes = _place_files(raw_dir, out_dir, plan["rows"], link_mode)
+    link_notes = _place_files(raw_dir, out_dir, plan["rows"], link_mode=settings["link_mode"])
     if link_notes:
         record["warnings"] = notes = notes + link_notes
         write_json(out_dir / SETTINGS_JSON, record)
