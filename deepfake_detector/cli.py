@@ -164,7 +164,7 @@ def add_gradcam(commands):
 
 
 def run_gradcam(args):
-    from .gradcam import explain_run
+    from .explain import explain_run
     summary = explain_run(args.run, args.images, args.out, target=args.target,
                           masks_dir=args.masks, max_images=args.max_images,
                           batch_size=args.batch_size, device=args.device)
