@@ -1,4 +1,4 @@
-"""The run report: REPORT.md, written from the files a run directory already holds.
+"""The run report: report.md, written from the files a run directory already holds.
 
 Run-directory layout that `write_report` reads (the training code writes it):
     config.json, history.json, data_counts.json, metrics_val.json, metrics_test.json,
