@@ -108,11 +108,16 @@ def run_lr_find(args):
     return result
 
 
+def add_run_on_data(parser) -> None:
+    """--run, --data, --split: a trained run applied to a split (or any real/ fake/ folder)."""
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
+
+
 def add_evaluate(commands):
     p = commands.add_parser("evaluate", help="metrics of a run on a split or another folder")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    add_run_on_data(p)
     p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
     p.add_argument("--batch-size", type=positive_int, default=64)
     add_setting(p, "device")
@@ -230,9 +235,7 @@ def run_audit(args):
 
 def add_robustness(commands):
     p = commands.add_parser("robustness", help="metrics under JPEG, down-scaling and blur")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    add_run_on_data(p)
     p.add_argument("--n-bootstrap", type=int, default=200)
     p.add_argument("--batch-size", type=positive_int, default=64)
     add_setting(p, "device")
