@@ -337,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args) -> object:
+    """Run the parsed command: each sub-parser set its own function (set_defaults(func=...))."""
+    return args.func(args)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # The command line only saves figures, never shows them: the headless backend, chosen here by
@@ -348,7 +353,7 @@ def main(argv=None) -> int:
         # `kill` (a job scheduler's stop) ends a command like Ctrl-C: cleanly, and with the line.
         signal.signal(signal.SIGTERM, interrupt)
     try:
-        args.func(args)
+        run(args)
     except (ValueError, OSError, MissingExtraError) as error:
         # Errors of the user's data or choices: one clear message, not a traceback.
         print(f"error: {error}", file=sys.stderr)
