@@ -27,7 +27,7 @@ CIFAKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifak
 
 def old_bootstrap_ci(y_true, p_fake, threshold=0.5, n_bootstrap=1000, seed=0, level=None):
     """bootstrap_ci before issue 12, verbatim but for the names: the "before" column."""
-    from deepfake_detector import evaluate as ev
+    from deepfake_detector import metrics as ev
     level = ev.CI_LEVEL if level is None else level
     y, p = ev._check_inputs(y_true, p_fake)
     rng = np.random.default_rng(seed)
@@ -72,10 +72,12 @@ def main(argv=None) -> dict:
     matplotlib.use("Agg")
     import torch
 
-    from deepfake_detector import evaluate as ev
-    from deepfake_detector.evaluate import (choose_threshold, compute_metrics, metrics_table_rows,
-                                            plot_history, save_evaluation_figures,
-                                            write_predictions, write_report, write_table)
+    from deepfake_detector import metrics as ev
+    from deepfake_detector.metrics import choose_threshold, compute_metrics
+    from deepfake_detector.plots import plot_history, save_evaluation_figures
+    from deepfake_detector.predictions import write_predictions
+    from deepfake_detector.report import write_report
+    from deepfake_detector.tables import metrics_table_rows, write_table
     from deepfake_detector.features import cached_features
     from deepfake_detector.figures import plt, save_figure
     from deepfake_detector.probe import fit_probe

@@ -42,7 +42,7 @@ def make_image(path: Path, size: int) -> None:
 
 def child(image: Path, out: Path, max_side: int) -> None:
     import torch
-    from deepfake_detector.gradcam import explain_images
+    from deepfake_detector.explain import explain_images
     from deepfake_detector.model import build_model
     torch.set_num_threads(2)
     model = build_model("none", seed=0)[0]

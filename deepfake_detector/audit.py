@@ -36,7 +36,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from . import CLASS_NAMES, CLASS_TO_IDX
-from .evaluate import FAKE_COLOUR, REAL_COLOUR, markdown_table, write_table
+from .plots import FAKE_COLOUR, REAL_COLOUR
+from .tables import markdown_table, write_table
 from .figures import paper_style, plt, save_figure
 from .images import regular_file_problem
 from .manifest import recording

@@ -13,57 +13,47 @@
     python -m deepfake_detector app        --run outputs/runs/r1   (needs the [app] extra)
     python -m deepfake_detector extract    --data data --weights imagenet   (fills the feature cache)
 
-On several GPUs or machines, torchrun starts one process each and splits the images among them
-(predict, evaluate, extract, and train's feature extraction); the `--` keeps torchrun's own
-options apart from the command's:
+Under torchrun (predict, evaluate, extract, train), put `--` before the command:
     torchrun --nproc_per_node=4 -m deepfake_detector -- predict --run outputs/runs/r1 folder/ --out p.csv
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
 import threading
+from dataclasses import fields
 from pathlib import Path
 
+from .config import (PRECISIONS, TrainConfig, positive_float_or_find,  # noqa: F401 (re-exported)
+                     positive_int)
 from .serve import MissingExtraError
 
-# The commands that split their images among torchrun's processes; rank 0 writes their output.
-DISTRIBUTED_COMMANDS = ("predict", "evaluate", "extract", "train")
+
+# The settings the command line takes, from TrainConfig: a field with a flag is an option.
+TRAIN_SETTINGS = {f.name: f for f in fields(TrainConfig) if f.metadata.get("flag")}
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1, checked before anything runs or is written."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}")
-    return value
-
-
-def positive_float_or_find(text: str) -> float | str:
-    """argparse type for --lr: a positive number, or "find" (the learning-rate finder)."""
-    if text == "find":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'must be a positive number or "find"; got {text!r}') \
-            from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f'must be a positive number or "find"; got {text!r}')
-    return value
-
-
-PRECISIONS = ("fp32", "bf16", "fp16", "amp")  # features.PRECISIONS (not imported: keeps --help fast)
+def add_setting(parser, name: str) -> None:
+    """Add the option of TrainConfig's field `name`: its flag, default, type and help text are
+    the field's own (config.py), so a setting is spelled once for every command that takes it."""
+    meta, default = TRAIN_SETTINGS[name].metadata, TRAIN_SETTINGS[name].default
+    if meta["flag"].startswith("--no-"):  # on by default: the flag switches it off
+        parser.add_argument(meta["flag"], dest=name, action="store_false", help=meta["help"])
+    elif isinstance(default, bool):
+        parser.add_argument(meta["flag"], dest=name, action="store_true", help=meta["help"])
+    elif meta["required"]:
+        parser.add_argument(meta["flag"], dest=name, required=True, type=meta["parse"],
+                            help=meta["help"])
+    else:
+        parser.add_argument(meta["flag"], dest=name, default=default, type=meta["parse"],
+                            choices=meta.get("choices"), help=meta["help"])
 
 
 def add_precision(p, default: str | None, what: str) -> None:
+    """--precision of a command that applies a run (its default: the run's, or fp32)."""
     p.add_argument("--precision", choices=PRECISIONS, default=default,
                    help=f"what the model computes in {what}: fp32 (the same numbers on every "
                         "device), or mixed precision bf16, fp16, amp (bf16/fp16 on CUDA, fp32 "
@@ -71,14 +61,15 @@ def add_precision(p, default: str | None, what: str) -> None:
 
 
 def add_deterministic(p, default: bool) -> None:
+    """--deterministic (off by default) or --no-deterministic (on by default: evaluate)."""
     if default:
         p.add_argument("--no-deterministic", dest="deterministic", action="store_false",
                        help="allow nondeterministic GPU kernels (cuDNN autotuning): faster, but "
                             "two evaluations may differ in the 4th digit")
     else:
         p.add_argument("--deterministic", action="store_true",
-                       help="deterministic torch/cuDNN/cuBLAS kernels: the same numbers on every "
-                            "run of the same GPU (slower there; the CPU is deterministic anyway)")
+                       help="torch's and cuDNN's deterministic kernels: the same numbers on "
+                            "every run of a GPU, a little slower")
 
 
 def add_split(commands):
@@ -92,330 +83,33 @@ def add_split(commands):
                    help='keep related images together: "folder", "regex:PATTERN" or a CSV path,group')
     p.add_argument("--link-mode", choices=["copy", "hardlink"], default="copy")
     p.add_argument("--replace", action="store_true", help="replace an existing split made differently")
+    p.set_defaults(func=run_split)
+
+
+def run_split(args):
+    from .split import split_dataset
+    summary = split_dataset(args.raw, args.out, val_fraction=args.val_fraction,
+                            test_fraction=args.test_fraction, seed=args.seed,
+                            group_by=args.group_by, link_mode=args.link_mode,
+                            replace=args.replace)
+    print(summary)
+    return summary
 
 
 def add_train(commands):
-    from .train import TrainConfig
-    d = TrainConfig()
     p = commands.add_parser("train", help="train the single-logit head on a frozen ResNet-18")
-    p.add_argument("--data", default=d.data_dir, help="folder with train/ and val/")
-    p.add_argument("--out", default=d.out_dir, help="run directory (default outputs/runs/<time>)")
-    p.add_argument("--weights", required=True,
-                   help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
-    p.add_argument("--epochs", type=positive_int, default=d.epochs,
-                   help="epoch budget (default 500 on cached features, 50 with --no-feature-cache)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=positive_float_or_find, default=d.lr,
-                   help=f'Adam\'s rate (default {d.lr:g}), or "find": the lr finder\'s suggestion')
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--patience", type=positive_int, default=d.patience)
-    p.add_argument("--min-delta", type=float, default=d.min_delta)
-    p.add_argument("--lr-plateau-patience", type=int, default=d.lr_plateau_patience,
-                   help="stalled epochs before the rate is cut (0: constant rate)")
-    p.add_argument("--lr-plateau-factor", type=float, default=d.lr_plateau_factor)
-    p.add_argument("--no-standardize", action="store_true",
-                   help="train on raw features (the seed recipe: --lr 1e-4 --epochs 50 --patience 5 "
-                        "--lr-plateau-patience 0 --no-standardize)")
-    p.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe")
-    p.add_argument("--img-size", type=positive_int, default=d.img_size)
-    p.add_argument("--decode", choices=["draft", "full"], default=d.decode,
-                   help="draft (default): large JPEGs decoded at reduced size, much faster on "
-                        "photos; full: every pixel. Recorded in the run")
-    p.add_argument("--resize", choices=["auto", "pil", "device"], default=d.resize,
-                   help="where images are resized: per image with PIL, or per batch on the "
-                        "device (auto: PIL on the CPU, the device on a GPU)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--augment", action="store_true", help="flip, colour jitter, small rotation")
-    p.add_argument("--augment-views", type=positive_int, default=d.augment_views,
-                   help="augmented views cached per image when --augment (cached path)")
-    p.add_argument("--no-feature-cache", action="store_true",
-                   help="plain loop: a full forward pass per image per epoch")
-    p.add_argument("--cache-dir", default=d.cache_dir, help='feature cache ("" for none)')
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    add_precision(p, d.precision, "(feature extraction and the plain loop alike)")
-    add_deterministic(p, d.deterministic)
+    for name in TRAIN_SETTINGS:
+        add_setting(p, name)
+    p.set_defaults(func=run_train)
 
 
-def add_extract(commands):
-    from .train import TrainConfig
-    d = TrainConfig()
-    p = commands.add_parser("extract", help="fill the feature cache for a split, as train would "
-                                            "(in parallel under torchrun)")
-    p.add_argument("--data", default=d.data_dir, help="folder with train/ and val/")
-    p.add_argument("--weights", required=True,
-                   help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
-    p.add_argument("--split", nargs="+", choices=["train", "val", "test"], default=None,
-                   help="default: the splits train extracts (train, val, and test if there is one)")
-    p.add_argument("--img-size", type=positive_int, default=d.img_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--decode", choices=["draft", "full"], default=d.decode,
-                   help="as train's --decode: the cache entry train will read depends on it")
-    p.add_argument("--resize", choices=["auto", "pil", "device"], default=d.resize,
-                   help="as train's --resize")
-    add_precision(p, d.precision, "(as train's: the cache entry train reads depends on it)")
-    p.add_argument("--cache-dir", default=d.cache_dir, help="the feature cache train reads")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--num-workers", type=int, default=None)
-
-
-def add_lr_find(commands):
-    p = commands.add_parser("lr-find", help="sweep the head's learning rate on cached features")
-    p.add_argument("--data", default="data", help="folder with train/ (and val/)")
-    p.add_argument("--weights", required=True,
-                   help='"imagenet", "none" (random init, on purpose) or a path to a .pth file')
-    p.add_argument("--out", default="outputs/lr_find", help="folder for lr_find.{json,png,pdf}")
-    p.add_argument("--img-size", type=positive_int, default=224)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--no-standardize", action="store_true", help="sweep on raw features")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default="outputs/cache", help='feature cache ("" for none)')
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
-
-
-def add_evaluate(commands):
-    p = commands.add_parser("evaluate", help="metrics of a run on a split or another folder")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
-    add_precision(p, None, "(default: the run's)")
-    add_deterministic(p, True)
-
-
-def add_predict(commands):
-    p = commands.add_parser("predict", help="P(fake) per image, to CSV or JSON")
-    p.add_argument("--run", required=True)
-    p.add_argument("paths", nargs="+", help="image files and/or folders")
-    p.add_argument("--out", default=None, help=".json or .csv (default: JSON to stdout)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
-    add_precision(p, None, "(default: the run's)")
-    add_deterministic(p, False)
-
-
-def add_gradcam(commands):
-    p = commands.add_parser("gradcam", help="Grad-CAM overlays, contact sheet, faithfulness")
-    p.add_argument("--run", required=True)
-    p.add_argument("--images", nargs="+", required=True,
-                   help="a split folder (with real/ fake/: overlays sorted tp/tn/fp/fn) or files")
-    p.add_argument("--out", required=True)
-    p.add_argument("--target", default="predicted", choices=["predicted", "fake", "real"])
-    p.add_argument("--masks", default=None, help="folder of masks of the fakes (synthetic data)")
-    p.add_argument("--max-images", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--device", default="auto")
-    add_precision(p, "fp32", "(fp32: within 1e-5 of pytorch-grad-cam; bf16/fp16/amp: faster on "
-                             "GPUs, maps differ slightly, see gradcam.py)")
-    add_deterministic(p, False)
-
-
-def add_demo_data(commands):
-    p = commands.add_parser("demo-data", help="generate the synthetic real/fake set (with masks)")
-    p.add_argument("--out", default="data/synthetic_raw")
-    p.add_argument("--n-per-class", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-
-
-def add_notebook(commands):
-    p = commands.add_parser("notebook", help="execute the notebook headless into outputs/")
-    p.add_argument("--notebook", default="notebooks/deepfake_detector.ipynb")
-    p.add_argument("--out", default=None, help="folder for the run (default outputs/demo-<time>)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                   metavar=("NAME", "VALUE"),
-                   help="override a parameters-cell value: a Python literal (30, 1e-3, None, "
-                        "'[\"a\", \"b\"]'), otherwise taken as a plain string (imagenet)")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
-    p.add_argument("--cwd", default=None,
-                   help="the kernel's working directory, from which the notebook's relative "
-                        "paths (dataset_raw, data, outputs) are read (default: the project root)")
-
-
-def add_audit(commands):
-    p = commands.add_parser("audit", help="look for real/fake shortcuts and duplicates in the data")
-    p.add_argument("--data", default="data", help="a split, or any folder with real/ and fake/")
-    p.add_argument("--out", default=None,
-                   help="default: DATA/audit for a split, outputs/audit/<name> for other folders")
-
-
-def add_robustness(commands):
-    p = commands.add_parser("robustness", help="metrics under JPEG, down-scaling and blur")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--n-bootstrap", type=int, default=200)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
-
-
-def add_cross_eval(commands):
-    p = commands.add_parser("cross-eval", help="evaluate a run on another data set, as a table row")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", required=True, help="folder with real/ and fake/, or a split folder")
-    p.add_argument("--name", default=None, help="the test set's name in the table (default: folder)")
-    p.add_argument("--split", default=None, choices=["train", "val", "test"],
-                   help="of a split folder (default: test if it has one, else val)")
-    p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
-
-
-def add_finetune(commands):
-    p = commands.add_parser("finetune", help="phase 2: fine-tune layer4 of a run, compare phases")
-    p.add_argument("--run", required=True, help="the phase-1 run (head trained, backbone frozen)")
-    p.add_argument("--out", default=None, help="new run directory (default RUN-finetune-layer4)")
-    p.add_argument("--lr", type=float, default=1e-5, help="layer4's learning rate")
-    p.add_argument("--head-lr", type=float, default=None, help="the head's (default 10 x --lr)")
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--patience", type=positive_int, default=3)
-    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the run's")
-    p.add_argument("--no-layer3-cache", action="store_true",
-                   help="full forward passes every epoch (the cache gives the same result)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
-
-
-def add_app(commands):
-    p = commands.add_parser("app", help="a web page: upload images, see verdict, P(fake), Grad-CAM")
-    p.add_argument("--run", default=None, help="the run to serve (required unless --demo)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--demo", action="store_true",
-                   help="without --run: first train the synthetic demo run (about a minute)")
-
-
-def run(args) -> object:
-    from . import distributed  # (imports torch: not at the top, so --help stays quick)
-    if args.command == "split":
-        from .split import split_dataset
-        summary = split_dataset(args.raw, args.out, val_fraction=args.val_fraction,
-                                test_fraction=args.test_fraction, seed=args.seed,
-                                group_by=args.group_by, link_mode=args.link_mode,
-                                replace=args.replace)
-        print(summary)
-        return summary
-    if args.command == "train":
-        from .train import TrainConfig, train
-        config = TrainConfig(
-            data_dir=args.data, out_dir=args.out, weights=args.weights, img_size=args.img_size,
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, patience=args.patience, min_delta=args.min_delta,
-            decode=args.decode, resize=args.resize,
-            lr_plateau_patience=args.lr_plateau_patience, lr_plateau_factor=args.lr_plateau_factor,
-            standardize=not args.no_standardize, probe=not args.no_probe, seed=args.seed, augment=args.augment, augment_views=args.augment_views,
-            cache_features=not args.no_feature_cache, cache_dir=args.cache_dir,
-            device=args.device, num_workers=args.num_workers, overwrite=args.overwrite,
-            precision=args.precision, deterministic=args.deterministic)
-        if distributed.is_active():
-            return train_under_torchrun(config)
-        return train(config)
-    if args.command == "extract":
-        from .train import TrainConfig, extract_split_features, splits_a_run_extracts
-        config = TrainConfig(data_dir=args.data, weights=args.weights, img_size=args.img_size,
-                             seed=args.seed, decode=args.decode, resize=args.resize,
-                             precision=args.precision, cache_dir=args.cache_dir, device=args.device,
-                             num_workers=args.num_workers)
-        files = extract_split_features(config, args.split or splits_a_run_extracts(config),
-                                       log=lambda m: print(m, file=sys.stderr))
-        if distributed.is_main():
-            for split, path in files.items():
-                print(f"{split}: {path}")
-            print(f"feature cache: {Path(config.cache_dir).resolve()}")
-        return files
-    if args.command == "lr-find":
-        from .lr_find import lr_find_on_data
-        result = lr_find_on_data(args.data, args.weights, args.out, img_size=args.img_size,
-                                 batch_size=args.batch_size, standardize=not args.no_standardize,
-                                 seed=args.seed, cache_dir=args.cache_dir, device=args.device,
-                                 num_workers=args.num_workers)
-        print(f"suggested learning rate {result.suggestion:.3g} (lowest loss at "
-              f"{result.min_loss_lr:.3g}); sweep and plot in {args.out}")
-        return result
-    if args.command == "evaluate":
-        from .inference import evaluate_run
-        metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
-                               args.device, log=lambda m: print(m, file=sys.stderr),
-                               precision=args.precision, deterministic_kernels=args.deterministic)
-        if distributed.is_main():  # under torchrun the other ranks only ran their share
-            print(json.dumps(metrics, indent=2))
-        return metrics
-    if args.command == "predict":
-        from .evaluate import write_prediction_rows
-        from .inference import iter_predictions, predict_to_file
-        if args.out:  # streamed to the file batch by batch: flat memory for any number of images
-            n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device,
-                                precision=args.precision, deterministic_kernels=args.deterministic)
-            if distributed.is_main():
-                print(f"{n} predictions written to {args.out}", file=sys.stderr)
-            return n
-        rows = iter_predictions(args.run, args.paths, args.batch_size, args.device,
-                                precision=args.precision, deterministic_kernels=args.deterministic)
-        if not distributed.is_main():  # this rank's share goes to rank 0, which prints them all
-            return sum(1 for _ in rows)
-        return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
-                                      for row in rows), sys.stdout, "json")
-    if args.command == "gradcam":
-        from .gradcam import explain_run
-        summary = explain_run(args.run, args.images, args.out, target=args.target,
-                              masks_dir=args.masks, max_images=args.max_images,
-                              batch_size=args.batch_size, device=args.device,
-                              precision=args.precision, deterministic_kernels=args.deterministic)
-        print(json.dumps(summary, indent=2, default=str))
-        return summary
-    if args.command == "demo-data":
-        from .demo_data import generate_demo_data
-        options = {k: v for k, v in (("n_per_class", args.n_per_class),
-                                     ("image_size", args.image_size)) if v is not None}
-        out = generate_demo_data(args.out, seed=args.seed, **options)
-        print(f"synthetic demo data in {out}")
-        return out
-    if args.command == "notebook":
-        from .notebook import execute_notebook
-        out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout,
-                               cwd=args.cwd)
-        print(f"executed notebook and its artefacts: {out}")
-        return out
-    if args.command == "audit":
-        from .audit import audit_split
-        findings = audit_split(args.data, args.out)  # flags also come as a warning on stderr
-        print(f"{len(findings['flags'])} flag(s); audit written to {findings['out_dir']}")
-        return findings
-    if args.command == "robustness":
-        from .robustness import robustness_table
-        rows = robustness_table(args.run, args.data, args.split, n_bootstrap=args.n_bootstrap,
-                                batch_size=args.batch_size, device=args.device,
-                                num_workers=args.num_workers,
-                                log=lambda m: print(m, file=sys.stderr))
-        print(json.dumps(rows, indent=2))
-        return rows
-    if args.command == "cross-eval":
-        from .robustness import cross_dataset_row
-        row = cross_dataset_row(args.run, args.data, name=args.name, split=args.split,
-                                n_bootstrap=args.n_bootstrap, batch_size=args.batch_size, device=args.device,
-                                num_workers=args.num_workers,
-                                log=lambda m: print(m, file=sys.stderr))
-        print(json.dumps(row, indent=2))
-        return row
-    if args.command == "finetune":
-        from .finetune import finetune_layer4
-        out = finetune_layer4(args.run, args.out, lr=args.lr, head_lr=args.head_lr,
-                              epochs=args.epochs, patience=args.patience,
-                              batch_size=args.batch_size, cache_layer3=not args.no_layer3_cache,
-                              device=args.device, num_workers=args.num_workers)
-        print(f"phase 2 run in {out}; both phases in {Path(out) / 'tables' / 'phases.md'}")
-        return out
-    if args.command == "app":
-        from .serve import serve_app
-        return serve_app(args.run, args.host, args.port, args.demo)  # replaces this process
-    raise AssertionError(args.command)
+def run_train(args):
+    from . import distributed
+    from .train import train
+    config = TrainConfig(**{name: getattr(args, name) for name in TRAIN_SETTINGS})
+    if distributed.is_active():
+        return train_under_torchrun(config)
+    return train(config)
 
 
 def train_under_torchrun(config):
@@ -433,6 +127,313 @@ def train_under_torchrun(config):
     return train(config) if main_rank else None
 
 
+# What extract needs of a run's settings: those its feature-cache entries depend on.
+EXTRACT_SETTINGS = ("data_dir", "weights", "img_size", "seed", "decode", "resize", "precision",
+                    "cache_dir", "device", "num_workers")
+
+
+def add_extract(commands):
+    p = commands.add_parser("extract", help="fill the feature cache for a split, as train would "
+                                            "(in parallel under torchrun)")
+    p.add_argument("--split", nargs="+", choices=["train", "val", "test"], default=None,
+                   help="default: the splits train extracts (train, val, and test if there is one)")
+    for name in EXTRACT_SETTINGS:
+        add_setting(p, name)
+    p.set_defaults(func=run_extract)
+
+
+def run_extract(args):
+    from . import distributed
+    from .train import extract_split_features, splits_a_run_extracts
+    config = TrainConfig(**{name: getattr(args, name) for name in EXTRACT_SETTINGS})
+    files = extract_split_features(config, args.split or splits_a_run_extracts(config),
+                                   log=lambda m: print(m, file=sys.stderr))
+    if distributed.is_main():
+        for split, path in files.items():
+            print(f"{split}: {path}")
+        print(f"feature cache: {Path(config.cache_dir).resolve()}")
+    return files
+
+
+def add_lr_find(commands):
+    p = commands.add_parser("lr-find", help="sweep the head's learning rate on cached features")
+    p.add_argument("--data", default="data", help="folder with train/ (and val/)")
+    add_setting(p, "weights")
+    p.add_argument("--out", default="outputs/lr_find", help="folder for lr_find.{json,png,pdf}")
+    add_setting(p, "img_size")
+    add_setting(p, "batch_size")
+    p.add_argument("--no-standardize", action="store_true", help="sweep on raw features")
+    add_setting(p, "seed")
+    add_setting(p, "cache_dir")
+    add_setting(p, "device")
+    add_setting(p, "num_workers")
+    p.set_defaults(func=run_lr_find)
+
+
+def run_lr_find(args):
+    from .lr_find import lr_find_on_data
+    result = lr_find_on_data(args.data, args.weights, args.out, img_size=args.img_size,
+                             batch_size=args.batch_size, standardize=not args.no_standardize,
+                             seed=args.seed, cache_dir=args.cache_dir, device=args.device,
+                             num_workers=args.num_workers)
+    print(f"suggested learning rate {result.suggestion:.3g} (lowest loss at "
+          f"{result.min_loss_lr:.3g}); sweep and plot in {args.out}")
+    return result
+
+
+def add_run_on_data(parser) -> None:
+    """--run, --data, --split: a trained run applied to a split (or any real/ fake/ folder)."""
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
+
+
+def add_evaluate(commands):
+    p = commands.add_parser("evaluate", help="metrics of a run on a split or another folder")
+    add_run_on_data(p)
+    p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    add_setting(p, "device")
+    add_precision(p, None, "(default: the run's)")
+    add_deterministic(p, True)
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args):
+    from . import distributed
+    from .inference import evaluate_run
+    metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
+                           args.device, log=lambda m: print(m, file=sys.stderr),
+                           precision=args.precision, deterministic_kernels=args.deterministic)
+    if distributed.is_main():  # under torchrun the other ranks only ran their share
+        print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def add_predict(commands):
+    p = commands.add_parser("predict", help="P(fake) per image, to CSV or JSON")
+    p.add_argument("--run", required=True)
+    p.add_argument("paths", nargs="+", help="image files and/or folders")
+    p.add_argument("--out", default=None, help=".json or .csv (default: JSON to stdout)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    add_setting(p, "device")
+    add_precision(p, None, "(default: the run's)")
+    add_deterministic(p, False)
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args):
+    from . import distributed
+    from .predictions import write_prediction_rows
+    from .inference import iter_predictions, predict_to_file
+    if args.out:  # streamed to the file batch by batch: flat memory for any number of images
+        n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device,
+                            precision=args.precision, deterministic_kernels=args.deterministic)
+        if distributed.is_main():
+            print(f"{n} predictions written to {args.out}", file=sys.stderr)
+        return n
+    rows = iter_predictions(args.run, args.paths, args.batch_size, args.device,
+                            precision=args.precision, deterministic_kernels=args.deterministic)
+    if not distributed.is_main():  # this rank's share goes to rank 0, which prints them all
+        return sum(1 for _ in rows)
+    return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
+                                  for row in rows), sys.stdout, "json")
+
+
+def add_gradcam(commands):
+    p = commands.add_parser("gradcam", help="Grad-CAM overlays, contact sheet, faithfulness")
+    p.add_argument("--run", required=True)
+    p.add_argument("--images", nargs="+", required=True,
+                   help="a split folder (with real/ fake/: overlays sorted tp/tn/fp/fn) or files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--target", default="predicted", choices=["predicted", "fake", "real"])
+    p.add_argument("--masks", default=None, help="folder of masks of the fakes (synthetic data)")
+    p.add_argument("--max-images", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    add_setting(p, "device")
+    add_precision(p, "fp32", "(fp32: within 1e-5 of pytorch-grad-cam; bf16/fp16/amp: faster on "
+                             "GPUs, maps differ slightly, see gradcam.py)")
+    add_deterministic(p, False)
+    p.set_defaults(func=run_gradcam)
+
+
+def run_gradcam(args):
+    from .explain import explain_run
+    summary = explain_run(args.run, args.images, args.out, target=args.target,
+                          masks_dir=args.masks, max_images=args.max_images,
+                          batch_size=args.batch_size, device=args.device,
+                          precision=args.precision, deterministic_kernels=args.deterministic)
+    print(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def add_demo_data(commands):
+    p = commands.add_parser("demo-data", help="generate the synthetic real/fake set (with masks)")
+    p.add_argument("--out", default="data/synthetic_raw")
+    p.add_argument("--n-per-class", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_demo_data)
+
+
+def run_demo_data(args):
+    from .demo_data import generate_demo_data
+    options = {k: v for k, v in (("n_per_class", args.n_per_class),
+                                 ("image_size", args.image_size)) if v is not None}
+    out = generate_demo_data(args.out, seed=args.seed, **options)
+    print(f"synthetic demo data in {out}")
+    return out
+
+
+def add_notebook(commands):
+    p = commands.add_parser("notebook", help="execute the notebook headless into outputs/")
+    p.add_argument("--notebook", default="notebooks/deepfake_detector.ipynb")
+    p.add_argument("--out", default=None, help="folder for the run (default outputs/demo-<time>)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"),
+                   help="override a parameters-cell value: a Python literal (30, 1e-3, None, "
+                        "'[\"a\", \"b\"]'), otherwise taken as a plain string (imagenet)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.add_argument("--cwd", default=None,
+                   help="the kernel's working directory, from which the notebook's relative "
+                        "paths (dataset_raw, data, outputs) are read (default: the project root)")
+    p.set_defaults(func=run_notebook)
+
+
+def run_notebook(args):
+    from .notebook import execute_notebook
+    out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout,
+                           cwd=args.cwd)
+    print(f"executed notebook and its artefacts: {out}")
+    return out
+
+
+def add_audit(commands):
+    p = commands.add_parser("audit", help="look for real/fake shortcuts and duplicates in the data")
+    p.add_argument("--data", default="data", help="a split, or any folder with real/ and fake/")
+    p.add_argument("--out", default=None,
+                   help="default: DATA/audit for a split, outputs/audit/<name> for other folders")
+    p.set_defaults(func=run_audit)
+
+
+def run_audit(args):
+    from .audit import audit_split
+    findings = audit_split(args.data, args.out)  # flags also come as a warning on stderr
+    print(f"{len(findings['flags'])} flag(s); audit written to {findings['out_dir']}")
+    return findings
+
+
+def add_robustness(commands):
+    p = commands.add_parser("robustness", help="metrics under JPEG, down-scaling and blur")
+    add_run_on_data(p)
+    p.add_argument("--n-bootstrap", type=int, default=200)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    add_setting(p, "device")
+    add_setting(p, "num_workers")
+    p.set_defaults(func=run_robustness)
+
+
+def run_robustness(args):
+    from .robustness import robustness_table
+    rows = robustness_table(args.run, args.data, args.split, n_bootstrap=args.n_bootstrap,
+                            batch_size=args.batch_size, device=args.device,
+                            num_workers=args.num_workers,
+                            log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(rows, indent=2))
+    return rows
+
+
+def add_cross_eval(commands):
+    p = commands.add_parser("cross-eval", help="evaluate a run on another data set, as a table row")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True, help="folder with real/ and fake/, or a split folder")
+    p.add_argument("--name", default=None, help="the test set's name in the table (default: folder)")
+    p.add_argument("--split", default=None, choices=["train", "val", "test"],
+                   help="of a split folder (default: test if it has one, else val)")
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    add_setting(p, "device")
+    add_setting(p, "num_workers")
+    p.set_defaults(func=run_cross_eval)
+
+
+def run_cross_eval(args):
+    from .robustness import cross_dataset_row
+    row = cross_dataset_row(args.run, args.data, name=args.name, split=args.split,
+                            n_bootstrap=args.n_bootstrap, batch_size=args.batch_size, device=args.device,
+                            num_workers=args.num_workers,
+                            log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(row, indent=2))
+    return row
+
+
+def add_finetune(commands):
+    p = commands.add_parser("finetune", help="phase 2: fine-tune layer4 of a run, compare phases")
+    p.add_argument("--run", required=True, help="the phase-1 run (head trained, backbone frozen)")
+    p.add_argument("--out", default=None, help="new run directory (default RUN-finetune-layer4)")
+    p.add_argument("--lr", type=float, default=1e-5, help="layer4's learning rate")
+    p.add_argument("--head-lr", type=float, default=None, help="the head's (default 10 x --lr)")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--patience", type=positive_int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the run's")
+    p.add_argument("--no-layer3-cache", action="store_true",
+                   help="full forward passes every epoch (the cache gives the same result)")
+    add_setting(p, "device")
+    add_setting(p, "num_workers")
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args):
+    from .finetune import finetune_layer4
+    out = finetune_layer4(args.run, args.out, lr=args.lr, head_lr=args.head_lr,
+                          epochs=args.epochs, patience=args.patience,
+                          batch_size=args.batch_size, cache_layer3=not args.no_layer3_cache,
+                          device=args.device, num_workers=args.num_workers)
+    print(f"phase 2 run in {out}; both phases in {Path(out) / 'tables' / 'phases.md'}")
+    return out
+
+
+def add_app(commands):
+    p = commands.add_parser("app", help="a web page: upload images, see verdict, P(fake), Grad-CAM")
+    p.add_argument("--run", default=None, help="the run to serve (required unless --demo)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--demo", action="store_true",
+                   help="without --run: first train the synthetic demo run (about a minute)")
+    p.set_defaults(func=run_app)
+
+
+def run_app(args):
+    from .serve import serve_app
+    return serve_app(args.run, args.host, args.port, args.demo)  # replaces this process
+
+
+COMMANDS = (add_split, add_train, add_lr_find, add_evaluate, add_predict, add_gradcam,
+            add_demo_data, add_notebook, add_audit, add_robustness, add_cross_eval, add_finetune,
+            add_app, add_extract)
+# The commands that split their work among torchrun's processes (distributed.py).
+DISTRIBUTED_COMMANDS = ("predict", "evaluate", "extract", "train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Imports nothing heavy (each command imports what it runs), so
+    --help answers at once."""
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="python -m deepfake_detector", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def run(args) -> object:
+    """Run the parsed command: each sub-parser set its own function (set_defaults(func=...))."""
+    return args.func(args)
+
+
 def start_distributed(args) -> None:
     """Under torchrun: join the process group, on this rank's own device (one GPU per rank)."""
     if args.command not in DISTRIBUTED_COMMANDS:
@@ -445,23 +446,14 @@ def start_distributed(args) -> None:
 
 
 def main(argv=None) -> int:
-    # The command line only saves figures, never shows them: the headless backend, chosen here by
-    # the application (importing the package leaves the backend alone).
-    import matplotlib
-    matplotlib.use("Agg")
-    from . import __version__
-    parser = argparse.ArgumentParser(prog="python -m deepfake_detector", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for add in (add_split, add_train, add_lr_find, add_evaluate, add_predict, add_gradcam,
-                add_demo_data, add_notebook, add_audit, add_robustness, add_cross_eval,
-                add_finetune, add_app, add_extract):
-        add(commands)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--"]:  # `python -m deepfake_detector -- predict ...`, as under torchrun
         argv = argv[1:]
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    # The command line only saves figures, never shows them: the headless backend, chosen here by
+    # the application (importing the package leaves the backend alone), once a command runs.
+    import matplotlib
+    matplotlib.use("Agg")
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         # `kill` (a job scheduler's stop) ends a command like Ctrl-C: cleanly, and with the line.

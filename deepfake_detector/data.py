@@ -35,21 +35,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from torchvision import transforms
 
+# What --augment means, and the decode and resize modes: stated once, with the settings.
+from .config import DECODE_MODES, DEFAULT_AUGMENTATION, RESIZE_MODES
 from .images import ImageLoadError, decode_image, open_rgb  # noqa: F401 (ImageLoadError: re-exported)
 
 # The statistics ImageNet-pretrained backbones were trained with; inputs must match them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# What augmentation means here, when it is switched on. Small on purpose: a flip or a slight
-# colour change does not turn a fake into a real, but a heavy blur might erase the evidence.
-DEFAULT_AUGMENTATION = {"hflip": True, "color_jitter": 0.1, "rotation_degrees": 10}
-
-# "draft": large JPEGs decoded at reduced size before the resize (new runs); "full": every pixel
-# decoded (runs made before the mode was recorded, and any caller that asks for it).
-DECODE_MODES = ("draft", "full")
-# "pil": per image, in the workers; "device": per batch, where the model runs; "auto": per device.
-RESIZE_MODES = ("auto", "pil", "device")
 # The largest difference between a device resize and PIL's, in uint8 levels (0-255), and the
 # largest mean difference. The device resize runs in float32 against PIL's fixed-point weights,
 # so a sum on a rounding boundary can go either way, and Pillow 13 runs some resizes height-first

@@ -21,6 +21,7 @@ import torchvision
 from .progress import tqdm
 
 from . import distributed
+from .config import PRECISIONS  # stated with the settings (torch-free, for the command line)
 from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, make_loader, normalize_batch,
                    pixel_transform, resolve_resize)
 from .model import backbone_features, backbone_fingerprint
@@ -42,7 +43,6 @@ def channels_last(model: torch.nn.Module):
         model.to(memory_format=torch.contiguous_format)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16", "amp")
 
 
 def check_precision(precision: str) -> str:

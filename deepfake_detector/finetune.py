@@ -32,19 +32,19 @@ import torch
 from torch import nn
 from .progress import tqdm
 
-from . import CLASS_TO_IDX
-from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, eval_transform, make_loader,
-                   normalize_batch, pixel_transform, resolve_resize, train_transform)
-from .evaluate import write_report, write_table
+from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, make_loader, normalize_batch,
+                   pixel_transform, resolve_resize)
 from .determinism import deterministic
 from .features import autocast_for, channels_last, exact_fp32
+from .report import write_report
+from .tables import write_table
 from .inference import load_run
 from .manifest import mark_complete, recording
 from .manifest import read_manifest as read_run_manifest
 from .split import list_split
-from .train import (RunExistsError, RunLog, TrainConfig, epoch_orders, feature_batches,
-                    BackboneInPrecision, finish_run, fit, image_batches, prepare_run_dir, random_init_banner, run_epoch,
-                    save_run, seed_everything)
+from .train import (RunExistsError, RunLog, TrainConfig, class_counts, conclude_run, epoch_orders,
+                    feature_batches, fit, fit_on_images, logits_on_images, positive_weight,
+                    prepare_run_dir, random_init_banner, run_epoch, seed_everything)
 
 SUFFIX = "-finetune-layer4"
 HEAD_LR_FACTOR = 10                        # the head learns 10x faster than layer4 by default
@@ -211,10 +211,8 @@ def phase2_into(run_dir: Path, parent: Path, model, checkpoint: dict, config, lr
 
     train_items = list_split(config.data_dir, "train")
     val_items = list_split(config.data_dir, "val")
-    counts = {split: {name: sum(1 for _, y in items if y == index)
-                      for name, index in CLASS_TO_IDX.items()}
-              for split, items in (("train", train_items), ("val", val_items))}
-    pos_weight = counts["train"]["real"] / counts["train"]["fake"]  # as in phase 1
+    counts = class_counts(config.data_dir, train_items, val_items)
+    pos_weight = positive_weight(counts)  # as in phase 1
     augmentation = config.augmentation if config.augment else None
     config.layer3_cached = bool(cache_layer3 and not augmentation and layer3_bytes(
         model, config.img_size, len(train_items) + len(val_items)) <= LAYER3_CACHE_MAX_BYTES)
@@ -227,15 +225,13 @@ def phase2_into(run_dir: Path, parent: Path, model, checkpoint: dict, config, lr
     log(f"phase 2 took {train_seconds:.1f} s ("
         + ("on cached layer3 outputs)" if config.layer3_cached else "full forward passes)"))
 
-    model.cpu()
     parent_probe = parent / "probe.json"
     if parent_probe.is_file():
         probe = json.loads(parent_probe.read_text())
         (run_dir / "probe.json").write_text(json.dumps({**probe, "from_run": str(parent)},
                                                        indent=2) + "\n")
-    save_run(run_dir, model, config, checkpoint["weights"], history, best_epoch, counts, train_seconds)
-    finish_run(run_dir, val_items, torch.sigmoid(val_logits).numpy(), config, history, best_epoch,
-               data_dir=config.data_dir, log=log)
+    conclude_run(run_dir, model, config, checkpoint["weights"], counts, history, best_epoch,
+                 train_seconds, val_items, torch.sigmoid(val_logits).numpy(), log)
     write_table(phase_rows(parent, run_dir, sum(p.numel() for p in model.fc.parameters())),
                 run_dir / "tables" / "phases",
                 caption="Phase 1 (head on a frozen backbone) and phase 2 (layer4 fine-tuned) on the "
@@ -283,18 +279,9 @@ def fit_layer4(model, part: TrainedPart, config: FinetuneConfig, train_items, va
         with channels_last(model), exact_fp32(device, config.precision):
             return fit_on_layer3_outputs(model, part, config, train_items, val_items, pos_weight,
                                          order_per_epoch, log)
-    train_tf = train_transform(config.img_size, augmentation)
-    val_tf = eval_transform(config.img_size)
-    network = BackboneInPrecision(model, device, config.precision)
-    with channels_last(model), exact_fp32(device, config.precision):
-        history, best_epoch = fit(
-            network, part,
-            lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device),
-            lambda: image_batches(val_items, val_tf, config, None, device),
-            config, pos_weight, device, log)
-        _, _, val_logits, _ = run_epoch(network, image_batches(val_items, val_tf, config, None, device),
-                                        nn.BCEWithLogitsLoss(), None, device)
-    return history, best_epoch, val_logits
+    history, best_epoch = fit_on_images(model, part, train_items, val_items, config, augmentation,
+                                        order_per_epoch, pos_weight, device, log)
+    return history, best_epoch, logits_on_images(model, val_items, config, device)
 
 
 def phase_rows(phase1: Path, phase2: Path, phase1_parameters: int) -> list[dict]:

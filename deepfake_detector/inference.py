@@ -246,7 +246,7 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
     rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers, precision,
                                  deterministic_kernels))
     if out_file and distributed.is_main():  # under torchrun, rank 0 alone has the rows
-        from .evaluate import write_predictions
+        from .predictions import write_predictions
         with recording(Path(out_file).parent):  # into a run's manifest, if it is in one
             write_predictions(rows, out_file)
     return rows
@@ -257,7 +257,7 @@ def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str 
                     deterministic_kernels: bool = False) -> int:
     """Stream P(fake) for every image in `paths` into `out_file` (.csv or .json) as the batches
     come; memory stays flat however many images there are. Returns the number of rows written."""
-    from .evaluate import atomic_text_file, write_prediction_rows
+    from .predictions import atomic_text_file, write_prediction_rows
     if not distributed.is_main():  # under torchrun: run this rank's share; rank 0 writes the file
         return sum(1 for _ in iter_predictions(run_dir, paths, batch_size, device, num_workers,
                                                precision, deterministic_kernels))
@@ -278,7 +278,7 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     Deterministic kernels by default (determinism.py): evaluating a run twice gives the same
     metrics on a GPU too. `precision`: default the one the run trained in (run_precision).
     Under torchrun, rank 0 does this with every rank's predictions; the other ranks return None."""
-    from .evaluate import compute_metrics
+    from .metrics import compute_metrics
     from .figures import plt
     from .split import split_groups
     model, checkpoint = load_run(run_dir, device)
@@ -323,8 +323,10 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
 
 def write_evaluation(run_dir: Path, data_dir: Path, out: Path, out_dir, split: str, items,
                      labels, probabilities, metrics: dict) -> None:
-    from .evaluate import (metrics_table_rows, save_evaluation_figures, write_predictions,
-                           write_report, write_table)
+    from .plots import save_evaluation_figures
+    from .predictions import write_predictions
+    from .report import write_report
+    from .tables import metrics_table_rows, write_table
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_predictions(({"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}

@@ -120,7 +120,8 @@ def lr_find_on_data(data_dir, weights: str, out_dir, img_size: int = 224, batch_
     from .figures import plt, save_figure
     from .model import build_model, pick_device
     from .split import list_split
-    from .train import StandardizedHead, feature_statistics, write_json
+    from .files import write_json
+    from .train import StandardizedHead, feature_statistics
 
     device = pick_device(device)
     items = list_split(data_dir, "train")

@@ -17,11 +17,12 @@ No torch here: split.py and the notebook's first cells use it too.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
+
+from .files import sha256_of_file
 
 RUN_MANIFEST = "run_manifest.json"
 FORMAT = 1
@@ -33,14 +34,6 @@ SHOW_AT_MOST = 20
 class NotOursError(FileExistsError):
     """A folder holds files this project did not write (or that were edited since); nothing was
     deleted. The message lists them."""
-
-
-def sha256_of_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_run_dir(path: str | os.PathLike) -> Path | None:

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from .files import sha256_of_file
+
 # torchvision's ImageNet checkpoint: the only file `--weights imagenet` accepts.
 IMAGENET_FILE = "resnet18-f37072fd.pth"
 IMAGENET_SHA256 = "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec"
@@ -33,14 +35,6 @@ class WeightsUnavailableError(OSError):
 def torch_checkpoint_dir() -> Path:
     """Where torchvision looks for (and downloads) weights: $TORCH_HOME/hub/checkpoints."""
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def sha256_of_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _how_to_get_weights() -> str:

@@ -28,12 +28,16 @@ from torchvision import transforms
 from .progress import tqdm
 
 from .data import make_loader, normalize_batch, uint8_transform
-from .evaluate import AUC_COLOUR, FAKE_COLOUR, MUTED, compute_metrics, write_report, write_table
+from .metrics import compute_metrics
+from .plots import AUC_COLOUR, FAKE_COLOUR, MUTED
+from .report import write_report
+from .tables import write_table
 from .features import inference_pass
 from .figures import paper_style, plt, save_figure
 from .inference import evaluate_run, load_run
 from .images import regular_file_problem
-from .manifest import recording, sha256_of_file
+from .files import sha256_of_file
+from .manifest import recording
 from .split import list_labelled_folder, list_split, read_manifest
 
 # ----------------------------------------------------------------------------- perturbations

@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from .progress import tqdm
 
 from deepfake_detector import CLASS_NAMES, CLASS_TO_IDX, __version__
+from deepfake_detector.files import sha256_of_file, write_json
 from deepfake_detector.images import ImageLoadError, decode_image, regular_file_problem
 
 SPLITS = ("train", "val", "test")
@@ -195,7 +196,7 @@ def inspect_image(path: Path) -> tuple[dict | None, str | None]:
         size = os.path.getsize(path)
         if not size:
             return None, "empty file (0 bytes)"
-        digest = _sha256_of_file(Path(path))
+        digest = sha256_of_file(Path(path))
     except OSError as error:
         return None, f"unreadable ({type(error).__name__}: {error.strerror or error})"
     try:
@@ -238,32 +239,56 @@ def split_dataset(raw_dir, out_dir, val_fraction: float = 0.2, test_fraction: fl
     class_folders = find_class_folders(raw_dir)
     _refuse_dangerous_layout(raw_dir, out_dir)
     candidates = {label: _images_of_class(folder, raw_dir) for label, folder in class_folders.items()}
+    settings = _split_settings(raw_dir, val_fraction, test_fraction, seed, group_by, link_mode)
+    fingerprint = _raw_fingerprint(raw_dir, candidates)
+
+    previous = _read_previous_split(out_dir, replace)
+    if previous is not None and not replace:
+        _refuse_other_settings(out_dir, previous["settings"], settings)
+        if previous.get("raw_fingerprint") == fingerprint:  # same names, sizes and times
+            return _keep_previous_split(raw_dir, out_dir, previous)
+    plan = _plan_split(raw_dir, class_folders, candidates, settings)
+    if previous is not None and not replace:
+        return _keep_touched_split(raw_dir, out_dir, previous, plan, fingerprint)
+    return _write_split(raw_dir, out_dir, plan, settings, fingerprint, replace)
+
+
+def _split_settings(raw_dir: Path, val_fraction, test_fraction, seed, group_by,
+                    link_mode: str) -> dict:
+    """What makes a split this split: another value of any of these is another split."""
     settings = {"raw_dir": str(raw_dir), "val_fraction": float(val_fraction),
                 "test_fraction": float(test_fraction), "seed": int(seed), "group_by": group_by,
                 "link_mode": link_mode}
     if _is_group_csv(group_by):  # a changed group file is a changed setting
         settings["group_csv_sha256"] = hashlib.sha256(Path(group_by).read_bytes()).hexdigest()
-    fingerprint = _raw_fingerprint(raw_dir, candidates)
+    return settings
 
-    previous = _read_previous_split(out_dir, replace)
-    if previous is not None and not replace:
-        differences = [f"{key}: {previous['settings'].get(key)!r} then, {settings.get(key)!r} now"
-                       for key in sorted(set(previous["settings"]) | set(settings))
-                       if previous["settings"].get(key) != settings.get(key)]
-        if differences:
-            raise SplitExistsError(_exists_message(out_dir, "with other settings", differences))
-        if previous.get("raw_fingerprint") == fingerprint:  # same names, sizes and times
-            return _keep_previous_split(raw_dir, out_dir, previous)
 
-    plan = _plan_split(raw_dir, class_folders, candidates, settings)
-    if previous is not None and not replace:
-        changes = _raw_changes(previous, read_manifest(out_dir), plan)
-        if changes:
-            raise SplitExistsError(_exists_message(out_dir, "from other raw files", changes))
-        previous["raw_fingerprint"] = fingerprint  # the same bytes, only touched: remember that
-        _write_json(out_dir / SETTINGS_JSON, previous)
-        return _keep_previous_split(raw_dir, out_dir, previous)
+def _refuse_other_settings(out_dir: Path, previous: dict, settings: dict) -> None:
+    """The split in out_dir was made with other settings: refuse, naming each difference."""
+    differences = [f"{key}: {previous.get(key)!r} then, {settings.get(key)!r} now"
+                   for key in sorted(set(previous) | set(settings))
+                   if previous.get(key) != settings.get(key)]
+    if differences:
+        raise SplitExistsError(_exists_message(out_dir, "with other settings", differences))
 
+
+def _keep_touched_split(raw_dir: Path, out_dir: Path, previous: dict, plan: dict,
+                        fingerprint: str) -> SplitSummary:
+    """Same settings, raw files touched since (times or sizes moved): "unchanged" when they hold
+    the same images, which the fingerprint then remembers; other raw files: SplitExistsError."""
+    changes = _raw_changes(previous, read_manifest(out_dir), plan)
+    if changes:
+        raise SplitExistsError(_exists_message(out_dir, "from other raw files", changes))
+    previous["raw_fingerprint"] = fingerprint  # the same bytes, only touched: remember that
+    write_json(out_dir / SETTINGS_JSON, previous)
+    return _keep_previous_split(raw_dir, out_dir, previous)
+
+
+def _write_split(raw_dir: Path, out_dir: Path, plan: dict, settings: dict, fingerprint: str,
+                 replace: bool) -> SplitSummary:
+    """A new split ("created"), or one over a previous split ("replaced": only what
+    split_dataset wrote is deleted): the manifest, then the files."""
     status, notes = "created", plan["notes"]
     if replace and _holds_a_split(out_dir):
         status, notes = "replaced", _remove_previous_split(out_dir) + notes
@@ -276,10 +301,10 @@ def split_dataset(raw_dir, out_dir, val_fraction: float = 0.2, test_fraction: fl
     # The manifest goes first: if copying is interrupted, a re-run sees the same settings and
     # completes the split instead of refusing a folder it cannot account for.
     _write_manifest(out_dir, plan["rows"], record)
-    link_notes = _place_files(raw_dir, out_dir, plan["rows"], link_mode)
+    link_notes = _place_files(raw_dir, out_dir, plan["rows"], link_mode=settings["link_mode"])
     if link_notes:
         record["warnings"] = notes = notes + link_notes
-        _write_json(out_dir / SETTINGS_JSON, record)
+        write_json(out_dir / SETTINGS_JSON, record)
     _warn(notes)
     return SplitSummary(status, counts, plan["excluded"], out_dir / MANIFEST_CSV,
                         plan["n_groups"], notes)
@@ -671,7 +696,7 @@ def _remove_previous_split(out_dir: Path) -> list[str]:
                 if name in OS_CLUTTER or (whole is not None and whole in written):
                     ours.append(path)
                 elif path in written and not path.is_symlink() and path.is_file() \
-                        and _sha256_of_file(path) == written[path]:
+                        and sha256_of_file(path) == written[path]:
                     ours.append(path)
                 else:
                     foreign.append(path.relative_to(out_dir).as_posix())
@@ -692,14 +717,6 @@ def _remove_previous_split(out_dir: Path) -> list[str]:
     return []
 
 
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -712,13 +729,7 @@ def _write_manifest(out_dir: Path, rows: list[dict], record: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(partial, out_dir / MANIFEST_CSV)
-    _write_json(out_dir / SETTINGS_JSON, record)
-
-
-def _write_json(path: Path, record: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    write_json(out_dir / SETTINGS_JSON, record)
 
 
 def _place_files(raw_dir: Path, out_dir: Path, rows: list[dict], link_mode: str) -> list[str]:

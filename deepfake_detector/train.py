@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import numbers
 import os
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,11 +38,13 @@ from .progress import tqdm
 from . import CLASS_TO_IDX, __version__
 from .audit import AuditWarning, audit_split
 from .demo_data import synthetic_origin
-from .data import DEFAULT_AUGMENTATION, IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, \
-    train_transform, check_decode, decode_size, normalize_batch, own_size_transform, resolve_resize
+from .config import TrainConfig
+from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, train_transform, \
+    check_decode, decode_size, normalize_batch, own_size_transform, resolve_resize
 from .determinism import deterministic
 from .features import (autocast_for, cache_file, cached_features, channels_last, check_precision,
                        exact_fp32)
+from .files import write_json
 from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
                        start_run_dir)
 from .manifest import read_manifest as read_run_manifest
@@ -51,53 +52,13 @@ from .lr_find import lr_find, plot_lr_find
 from .probe import (comparison_rows, fit_probe, floored_scale, fold_standardization,
                     head_vs_probe, probe_summary)
 from .model import backbone_features, build_model, pick_device
-from .evaluate import (choose_threshold, compute_metrics, metrics_table_rows, plot_history,
-                       save_evaluation_figures, write_predictions, write_report, write_table)
+from .metrics import choose_threshold, compute_metrics
+from .plots import plot_history, save_evaluation_figures
+from .predictions import write_predictions
+from .report import write_report
+from .tables import metrics_table_rows, write_table
 from .figures import plt, save_figure
 from .split import drop_unreadable, list_split, split_groups
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved as config.json in the run directory."""
-    data_dir: str = "data"              # holds train/{real,fake} and val/{real,fake}
-    out_dir: str = ""                   # the run directory; empty: outputs/runs/<date-time>
-    weights: str = "imagenet"           # "imagenet", "none" (random init) or a .pth path
-    img_size: int = 224                 # ResNet-18's native input; smaller is faster, coarser CAMs
-    decode: str = "draft"               # "draft": large JPEGs decoded at reduced size (the nearest
-                                        # 1/2, 1/4, 1/8 at or above img_size), "full": every pixel.
-                                        # Recorded in the checkpoint: predict decodes the same way
-    resize: str = "auto"                # "pil" per image in the workers, "device" per batch where
-                                        # the model runs; "auto": PIL on the CPU, device on a GPU
-    # The default recipe, chosen by measurement (README, "The default recipe"). The seed recipe
-    # was epochs 50, lr 1e-4, patience 5, standardize False, lr_plateau_patience 0: it stopped at
-    # its epoch budget, 0.1 ROC-AUC short of what the features allow on CIFAKE.
-    epochs: int | None = None           # budget; None: 500 on cached features (early stopping
-                                        # ends training, an epoch costs ms), 50 on the plain loop
-    batch_size: int = 32
-    lr: float | str = 3e-3              # Adam on standardised features; "find": lr_find's suggestion
-    weight_decay: float = 0.0
-    patience: int = 10                  # epochs without val-loss improvement before stopping
-    min_delta: float = 1e-4             # what counts as an improvement of the val loss
-    lr_plateau_patience: int = 3        # cut the rate after this many epochs without improvement;
-                                        # 0: constant rate
-    lr_plateau_factor: float = 0.1      # ... by this factor
-    standardize: bool = True            # learn on train-standardised features, folded in at the end
-    probe: bool = True                  # fit the logistic-regression probe beside the head
-    seed: int = 0
-    augment: bool = False               # off by default: see the notebook on why
-    augmentation: dict = field(default_factory=lambda: dict(DEFAULT_AUGMENTATION))
-    augment_views: int = 4              # augmented views cached per image (cached path only)
-    cache_features: bool = True         # extract backbone features once (frozen backbone)
-    cache_dir: str = "outputs/cache"    # where features are kept between runs; "" = memory only
-    device: str = "auto"                # cuda, mps or cpu, in that order
-    num_workers: int | None = None      # image-decoding processes; None = measured default (0 on 2 cores)
-    overwrite: bool = False             # replace an existing run directory
-    precision: str = "fp32"             # what the backbone computes in: fp32 (the same numbers on
-                                        # every device and path), or opt-in mixed precision
-                                        # "bf16", "fp16", "amp" (bf16/fp16 on CUDA, else fp32);
-                                        # evaluate, predict and Grad-CAM default to the run's
-    deterministic: bool = False         # torch's and cuDNN's deterministic kernels (determinism.py)
 
 
 CACHED_EPOCHS, PLAIN_EPOCHS = 500, 50   # the epoch budget when `epochs` is None
@@ -450,6 +411,34 @@ def image_batches(items, transform, config, order, device, augmentation=None):
 
 # --- a whole training run -------------------------------------------------------------------
 
+def fit_on_images(model, trained, train_items, val_items, config, augmentation, order_per_epoch,
+                  pos_weight: float, device, log) -> tuple[list, int]:
+    """`fit` on whole images, pushed through the network every epoch (augmented on the fly when
+    asked): the plain loop of phase 1 and the uncached path of phase 2. `trained` is the part
+    that learns (the head, or layer4 + head). The network runs in config.precision, as the
+    cached path's extraction does (BackboneInPrecision)."""
+    train_tf = train_transform(config.img_size, augmentation)
+    val_tf = eval_transform(config.img_size)
+    network = BackboneInPrecision(model, device, config.precision)
+    with channels_last(model), exact_fp32(device, config.precision):  # backward too
+        return fit(network, trained,
+                   lambda epoch: image_batches(train_items, train_tf, config,
+                                               order_per_epoch[epoch - 1], device, augmentation),
+                   lambda: image_batches(val_items, val_tf, config, None, device),
+                   config, pos_weight, device, log)
+
+
+def logits_on_images(model, items, config, device) -> torch.Tensor:
+    """The model's logits for `items`, in order (one pass, no gradients kept), in
+    config.precision as training computed them."""
+    with channels_last(model), exact_fp32(device, config.precision):
+        _, _, logits, _ = run_epoch(BackboneInPrecision(model, device, config.precision),
+                                    image_batches(items, eval_transform(config.img_size),
+                                                  config, None, device),
+                                    nn.BCEWithLogitsLoss(), None, device)
+    return logits
+
+
 def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | None = None,
           weights_record: dict | None = None) -> TrainedRun:
     """Train a head as `config` says; returns a TrainedRun: the live model, history, metrics and
@@ -474,13 +463,7 @@ def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | N
 
     train_items = usable_split(config.data_dir, "train")
     val_items = usable_split(config.data_dir, "val")
-    counts = {split: {name: sum(1 for _, y in items if y == index)
-                      for name, index in CLASS_TO_IDX.items()}
-              for split, items in (("train", train_items), ("val", val_items))}
-    for split, per_class in counts.items():
-        if min(per_class.values()) == 0:
-            raise ValueError(f"{config.data_dir}/{split} has no images of class "
-                             f"{min(per_class, key=per_class.get)!r}: both classes are needed.")
+    counts = class_counts(config.data_dir, train_items, val_items)
 
     run_dir = prepare_run_dir(config.out_dir, config.overwrite)
     config.out_dir = str(run_dir)
@@ -489,6 +472,23 @@ def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | N
                              counts, generator, device, log_to_console)
     mark_complete(run_dir)
     return trained
+
+
+def class_counts(data_dir, train_items, val_items) -> dict:
+    """{"train": {"real": n, "fake": n}, "val": {...}}; both classes are needed in both splits."""
+    counts = {split: {name: sum(1 for _, y in items if y == index)
+                      for name, index in CLASS_TO_IDX.items()}
+              for split, items in (("train", train_items), ("val", val_items))}
+    for split, per_class in counts.items():
+        if min(per_class.values()) == 0:
+            raise ValueError(f"{data_dir}/{split} has no images of class "
+                             f"{min(per_class, key=per_class.get)!r}: both classes are needed.")
+    return counts
+
+
+def positive_weight(counts: dict) -> float:
+    """Imbalanced data: weigh the positive (fake) class so each class counts equally in the loss."""
+    return counts["train"]["real"] / counts["train"]["fake"]
 
 
 def usable_split(data_dir, split: str):
@@ -514,8 +514,7 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
     if findings["flags"]:
         warnings.warn(f"data audit: {len(findings['flags'])} possible shortcut(s), see "
                       f"{run_dir / 'audit' / 'audit.md'}", AuditWarning, stacklevel=3)
-    # Imbalanced data: weigh the positive (fake) class so each class counts equally in the loss.
-    pos_weight = counts["train"]["real"] / counts["train"]["fake"]
+    pos_weight = positive_weight(counts)
 
     model.eval().to(device)  # eval: BatchNorm keeps its statistics; only the head learns
     if not weights_record["pretrained"]:
@@ -580,18 +579,11 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
                                                               config.batch_size),
                                       config, pos_weight, device, log)
     else:
-        train_tf = train_transform(config.img_size, augmentation)
-        val_tf = eval_transform(config.img_size)
         model.fc = head.to(device)  # the whole network ends in the (standardised) head
-        network = BackboneInPrecision(model, device, config.precision)
         try:
-            with channels_last(model), exact_fp32(device, config.precision):  # backward too
-                history, best_epoch = fit(
-                    network, head,
-                    lambda epoch: image_batches(train_items, train_tf, config, order_per_epoch[epoch - 1], device,
-                                                augmentation),
-                    lambda: image_batches(val_items, val_tf, config, None, device),
-                    config, pos_weight, device, log)
+            history, best_epoch = fit_on_images(model, head, train_items, val_items, config,
+                                                augmentation, order_per_epoch, pos_weight, device,
+                                                log)
         finally:
             model.fc = head.linear if isinstance(head, StandardizedHead) else head
     if isinstance(head, StandardizedHead):
@@ -607,20 +599,14 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
         if config.cache_features:
             val_logits = model.fc(val_features.to(device)).squeeze(1).float().cpu()
         else:
-            with channels_last(model):
-                _, _, val_logits, _ = run_epoch(BackboneInPrecision(model, device, config.precision),
-                                                image_batches(val_items, val_tf, config, None, device),
-                                                nn.BCEWithLogitsLoss(), None, device)
+            val_logits = logits_on_images(model, val_items, config, device)
     probe = None
     if config.probe:
         probe = run_probe(model, train_plain, train_labels, val_plain, val_items, config, common,
                           run_dir, log)
-    model.cpu()
-    save_run(run_dir, model, config, weights_record, history, best_epoch, counts, train_seconds)
-    model.to(device)
     val_probabilities = torch.sigmoid(val_logits).numpy()
-    metrics = finish_run(run_dir, val_items, val_probabilities, config, history, best_epoch,
-                         data_dir=config.data_dir, log=log, probe=probe)
+    metrics = conclude_run(run_dir, model, config, weights_record, counts, history, best_epoch,
+                           train_seconds, val_items, val_probabilities, log, probe)
     return TrainedRun(run_dir=run_dir, model=model, config=config, history=history,
                       best_epoch=best_epoch, metrics=metrics, val_items=val_items,
                       val_probabilities=val_probabilities, weights_record=weights_record,
@@ -718,11 +704,29 @@ def run_probe(model, train_features, train_labels, val_features, val_items, conf
     return record
 
 
-def finish_run(run_dir: Path, val_items, val_probabilities, config, history, best_epoch,
-               data_dir, log=print, probe: dict | None = None) -> dict:
-    """Validation metrics, the decision threshold chosen on them, predictions, figures, report.
-    The metrics say whether training converged and, given the `probe` record (run_probe), how
-    the head compares with the linear probe on the same split."""
+def conclude_run(run_dir: Path, model, config, weights_record: dict, counts: dict, history: list,
+                 best_epoch: int, train_seconds: float, val_items, val_probabilities, log,
+                 probe: dict | None = None) -> dict:
+    """The end of every phase, once: validation metrics and the threshold chosen on them, then the
+    checkpoint (written once, with them), config, history and counts, then predictions, figures,
+    tables and the report. Returns the validation metrics."""
+    metrics, val_threshold = validation_metrics(val_items, val_probabilities, config, history,
+                                                best_epoch, config.data_dir, probe)
+    device = next(model.parameters()).device
+    model.cpu()
+    save_run(run_dir, model, config, weights_record, history, best_epoch, counts, train_seconds,
+             val_threshold, metrics)
+    model.to(device)
+    finish_run(run_dir, val_items, val_probabilities, metrics, val_threshold, history, best_epoch,
+               log, probe)
+    return metrics
+
+
+def validation_metrics(val_items, val_probabilities, config, history, best_epoch, data_dir,
+                       probe: dict | None = None) -> tuple[dict, float]:
+    """Validation metrics and the decision threshold chosen on them. The metrics say whether
+    training converged and, given the `probe` record (run_probe), how the head compares with the
+    linear probe on the same split."""
     labels = np.array([y for _, y in val_items])
     groups = split_groups(data_dir, val_items)
     val_threshold = choose_threshold(labels, val_probabilities)
@@ -734,7 +738,17 @@ def finish_run(run_dir: Path, val_items, val_probabilities, config, history, bes
         probe_val = probe["metrics"]["val"]
         metrics["probe"] = probe_summary(probe_val)
         metrics["head_vs_probe"] = head_vs_probe(metrics["roc_auc"], probe_val["roc_auc"])
-        write_table(comparison_rows(metrics, probe_val), run_dir / "tables" / "head_vs_probe",
+    return metrics, val_threshold
+
+
+def finish_run(run_dir: Path, val_items, val_probabilities, metrics: dict, val_threshold: float,
+               history, best_epoch, log=print, probe: dict | None = None) -> None:
+    """The validation files of a run: the head-vs-probe table, metrics, predictions, figures,
+    tables, report."""
+    labels = np.array([y for _, y in val_items])
+    if probe is not None:
+        write_table(comparison_rows(metrics, probe["metrics"]["val"]),
+                    run_dir / "tables" / "head_vs_probe",
                     caption="The trained head against a logistic-regression probe on the same "
                             "frozen features (validation split, 95% bootstrap CIs)")
         log(metrics["head_vs_probe"]["verdict"])
@@ -749,17 +763,9 @@ def finish_run(run_dir: Path, val_items, val_probabilities, config, history, bes
     write_table(metrics_table_rows(metrics), run_dir / "tables" / "metrics_val",
                 caption="Validation metrics with 95% bootstrap confidence intervals")
     plt.close("all")
-
-    checkpoint_path = run_dir / "checkpoint.pt"  # record the metrics and threshold with the weights
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    checkpoint["val_threshold"] = float(val_threshold)
-    checkpoint["metrics"] = {k: metrics[k] for k in ("accuracy", "roc_auc", "average_precision",
-                                                     "balanced_accuracy", "n_images") if k in metrics}
-    torch.save(checkpoint, checkpoint_path)
     write_report(run_dir)
     log(f"val accuracy {metrics['accuracy']:.4f}, ROC-AUC {metrics['roc_auc']}, "
         f"threshold chosen on val {val_threshold:.3f}; run saved in {run_dir}")
-    return metrics
 
 
 def library_versions() -> dict:
@@ -770,8 +776,10 @@ def library_versions() -> dict:
 
 
 def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, history: list,
-             best_epoch: int, counts: dict, train_seconds: float) -> None:
-    """Checkpoint (loadable with weights_only=True), config, history, counts."""
+             best_epoch: int, counts: dict, train_seconds: float, val_threshold: float,
+             metrics: dict) -> None:
+    """Checkpoint (loadable with weights_only=True; with the validation metrics and the threshold
+    chosen on them), config, history, counts."""
     checkpoint = {
         "format_version": 1,
         "model_state": model.state_dict(),
@@ -792,6 +800,10 @@ def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, hi
         "best_epoch": best_epoch,
         "best_val": history[best_epoch - 1],
         "versions": library_versions(),
+        # The metrics and threshold, with the weights they belong to.
+        "val_threshold": float(val_threshold),
+        "metrics": {k: metrics[k] for k in ("accuracy", "roc_auc", "average_precision",
+                                            "balanced_accuracy", "n_images") if k in metrics},
     }
     torch.save(checkpoint, run_dir / "checkpoint.pt")
     converged = convergence(history, best_epoch, config.patience)
@@ -810,5 +822,3 @@ def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, hi
     write_json(run_dir / "data_counts.json", counts)
 
 
-def write_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")

@@ -32,9 +32,10 @@ import torch
 from PIL import Image
 
 from .data import decode_size, normalize_batch, run_decode, try_decode_image, uint8_transform
-# At import, not at the first download: evaluate pulls in scikit-learn and matplotlib (2.4 s the
+# At import, not at the first download: the report pulls in scikit-learn and matplotlib (2.4 s the
 # first time on 2 busy cores), which the app's first user would otherwise wait for.
-from .evaluate import load_json, write_prediction_rows
+from .predictions import write_prediction_rows
+from .report import load_json
 from .gradcam import overlay, raw_grad_cam_both, scale_cams
 from .inference import decision_threshold
 

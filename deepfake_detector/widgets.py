@@ -104,7 +104,7 @@ class ThresholdExplorer(_Displayable):
             f"<p>accuracy {self.shown['accuracy']:.3f} at threshold {threshold:.2f}<br>"
             f"fake called fake (tp) {tp}, real called fake (fp) {fp},<br>"
             f"fake called real (fn) {fn}, real called real (tn) {tn}</p>")
-        from .evaluate import plot_confusion_matrix
+        from .plots import plot_confusion_matrix
         self.figure.value = figure_png(plot_confusion_matrix(
             self.labels, self.probabilities, threshold=threshold, title=self.split))
         return self.shown

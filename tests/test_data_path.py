@@ -17,7 +17,7 @@ from deepfake_detector.data import (DEVICE_RESIZE_MEAN_TOLERANCE, DEVICE_RESIZE_
                                     collate, eval_transform, normalize_batch, open_image,
                                     resize_batch, resolve_resize, uint8_transform)
 from deepfake_detector.features import cache_key, extract_features
-from deepfake_detector.gradcam import explain_images
+from deepfake_detector.explain import explain_images
 from deepfake_detector.images import ImageLoadError, decode_image
 from deepfake_detector.inference import iter_probabilities, load_run, predict_paths
 from deepfake_detector.model import build_model

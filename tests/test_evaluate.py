@@ -10,11 +10,14 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              brier_score_loss, log_loss, precision_recall_fscore_support,
                              roc_auc_score)
 
-from deepfake_detector import evaluate as ev
-from deepfake_detector.evaluate import (RANDOM_INIT_WARNING, choose_threshold, compute_metrics,
-                                        equal_error_rate, expected_calibration_error,
-                                        metrics_table_rows, read_predictions, reliability_curve,
-                                        write_predictions, write_report, write_table)
+from deepfake_detector import metrics as metrics_module
+from deepfake_detector import plots as ev
+from deepfake_detector.metrics import (bootstrap_ci, choose_threshold, compute_metrics,
+                                       equal_error_rate, expected_calibration_error,
+                                       reliability_curve)
+from deepfake_detector.predictions import read_predictions, write_predictions
+from deepfake_detector.report import RANDOM_INIT_WARNING, write_report
+from deepfake_detector.tables import metrics_table_rows, write_table
 
 
 def noisy_scores(n, seed=0, separation=0.4):
@@ -156,16 +159,16 @@ def test_reliability_curve_bins():
 def test_bootstrap_is_deterministic_and_contains_the_estimate():
     y, p = noisy_scores(200)
     first = compute_metrics(y, p, n_bootstrap=50, seed=7)
-    assert ev.bootstrap_ci(y, p, n_bootstrap=50, seed=7) == first["ci"]
-    assert ev.bootstrap_ci(y, p, n_bootstrap=50, seed=8) != first["ci"]
+    assert bootstrap_ci(y, p, n_bootstrap=50, seed=7) == first["ci"]
+    assert bootstrap_ci(y, p, n_bootstrap=50, seed=8) != first["ci"]
     for name in ("accuracy", "roc_auc", "average_precision"):
         lo, hi = first["ci"][name]
         assert lo <= first[name] <= hi
 
 
 def test_bootstrap_narrows_with_more_data():
-    small = ev.bootstrap_ci(*noisy_scores(100, seed=3), n_bootstrap=60)
-    large = ev.bootstrap_ci(*noisy_scores(1600, seed=3), n_bootstrap=60)
+    small = bootstrap_ci(*noisy_scores(100, seed=3), n_bootstrap=60)
+    large = bootstrap_ci(*noisy_scores(1600, seed=3), n_bootstrap=60)
     for name in ("accuracy", "roc_auc", "average_precision"):
         width = lambda ci: ci[name][1] - ci[name][0]  # noqa: E731
         assert width(large) < width(small) / 2  # 16x the data: about 1/4 the width expected
@@ -404,7 +407,7 @@ def test_report_without_warning_when_pretrained(tmp_path):
 def test_fast_bootstrap_statistics_equal_sklearn(n, n_levels):
     """The bootstrap's own AUC and AP (fast, no input re-checks) against sklearn, ties included."""
     from sklearn.metrics import average_precision_score, roc_auc_score
-    from deepfake_detector.evaluate import rank_roc_auc, stepwise_average_precision
+    from deepfake_detector.metrics import rank_roc_auc, stepwise_average_precision
     rng = np.random.default_rng(n)
     y = rng.integers(0, 2, n)
     y[:2] = [0, 1]
@@ -426,11 +429,11 @@ def one_replicate_at_a_time(y, p, threshold=0.5, n_bootstrap=1000, seed=0):
         y_b, p_b = y[pick], p[pick]
         samples["accuracy"].append(np.mean((p_b >= threshold).astype(int) == y_b))
         if both:
-            samples["roc_auc"].append(ev.rank_roc_auc(y_b, p_b))
-            samples["average_precision"].append(ev.stepwise_average_precision(y_b, p_b))
+            samples["roc_auc"].append(metrics_module.rank_roc_auc(y_b, p_b))
+            samples["average_precision"].append(metrics_module.stepwise_average_precision(y_b, p_b))
     ci = {"accuracy": None, "roc_auc": None, "average_precision": None}
     for name, values in samples.items():
-        tail = 100 * (1 - ev.CI_LEVEL) / 2  # 2.5000000000000022, as bootstrap_ci computes it
+        tail = 100 * (1 - metrics_module.CI_LEVEL) / 2  # 2.5000000000000022, as bootstrap_ci computes it
         lo, hi = np.percentile(values, [tail, 100 - tail])
         ci[name] = [float(lo), float(hi)]
     return ci
@@ -446,10 +449,10 @@ def test_vectorised_bootstrap_gives_the_same_intervals_bit_for_bit(n, decimals, 
     y[:2] = [0, 1]
     p = rng.random(n)
     p = (np.round(p, decimals) if decimals is not None else p).astype(dtype)
-    monkeypatch.setattr(ev, "BOOTSTRAP_CHUNK_VALUES", 7 * n)  # several chunks, one partial
+    monkeypatch.setattr(metrics_module, "BOOTSTRAP_CHUNK_VALUES", 7 * n)  # several chunks, one partial
     for threshold, seed in ((0.5, 0), (0.3, 11)):
-        assert ev.bootstrap_ci(y, p, threshold, 300, seed) == \
+        assert metrics_module.bootstrap_ci(y, p, threshold, 300, seed) == \
             one_replicate_at_a_time(y, p.astype(np.float64), threshold, 300, seed)
     only_real = np.zeros(n, dtype=int)  # one class: accuracy's interval only
-    assert ev.bootstrap_ci(only_real, p, n_bootstrap=50) == \
+    assert metrics_module.bootstrap_ci(only_real, p, n_bootstrap=50) == \
         one_replicate_at_a_time(only_real, p.astype(np.float64), n_bootstrap=50)

@@ -15,7 +15,7 @@ from deepfake_detector import features
 from deepfake_detector.data import (IMAGENET_MEAN, IMAGENET_STD, collate, eval_transform, make_loader,
                                     normalize_batch, open_image, try_open_image, uint8_transform)
 from deepfake_detector.features import cache_key, cached_features, extract_features
-from deepfake_detector.evaluate import read_predictions
+from deepfake_detector.predictions import read_predictions
 from deepfake_detector.inference import (iter_predictions, predict_paths, predict_probabilities,
                                           predict_to_file)
 from deepfake_detector.model import build_model

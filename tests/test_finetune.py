@@ -11,7 +11,7 @@ import torch
 
 from deepfake_detector import train as train_module
 from deepfake_detector.cli import main
-from deepfake_detector.evaluate import compute_metrics
+from deepfake_detector.metrics import compute_metrics
 from deepfake_detector.features import extract_features
 from deepfake_detector.finetune import finetune_layer4
 from deepfake_detector.inference import load_run, predict_probabilities

@@ -14,8 +14,9 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from deepfake_detector.explain import explain_images
 from deepfake_detector.gradcam import (
-    explain_images, grad_cam, grad_cam_with_logits, load_mask, localisation_scores, overlay,
+    grad_cam, grad_cam_with_logits, load_mask, localisation_scores, overlay,
     plot_randomisation, randomisation_check, raw_grad_cam, scale_cams,
 )
 from deepfake_detector.model import backbone_features, build_model
@@ -301,7 +302,7 @@ def test_explain_images_without_labels_and_with_masks(mixed_model, tmp_path):
 def test_explain_run_sorts_a_split_folder(mixed_model, tmp_path):
     """The CLI's entry point: a run directory and a folder with real/ and fake/ inside."""
     from deepfake_detector.data import IMAGENET_MEAN, IMAGENET_STD
-    from deepfake_detector.gradcam import explain_run
+    from deepfake_detector.explain import explain_run
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"model_state": mixed_model.state_dict(), "img_size": 64, "threshold": 0.5,

@@ -80,7 +80,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(split_data, tmp_path
 
 def test_overwrite_replaces_what_the_project_wrote_and_refuses_anything_else(
         split_data, tmp_path, capsys):
-    from deepfake_detector.gradcam import explain_run
+    from deepfake_detector.explain import explain_run
     from deepfake_detector.inference import evaluate_run
     run = train(quick_config(split_data, tmp_path / "run"), log_to_console=False)
     manifest = read_manifest(run)
@@ -191,7 +191,7 @@ def test_split_audit_predict_skip_fifos_and_devices(tmp_path, trained_run):
 
 
 def test_gradcam_overlays_are_capped_on_the_long_side(tmp_path):
-    from deepfake_detector.gradcam import OVERLAY_MAX_SIDE, display_image, explain_images
+    from deepfake_detector.explain import OVERLAY_MAX_SIDE, display_image, explain_images
     from deepfake_detector.model import build_model
     assert OVERLAY_MAX_SIDE == 4096
     wide = Image.new("RGB", (5000, 20), (10, 20, 30))
@@ -238,7 +238,7 @@ def test_images_beyond_the_pixel_limit_get_one_clear_message(tmp_path, monkeypat
 
 
 def test_gradcam_and_evaluate_skip_unreadable_files_and_list_them(tmp_path, trained_run):
-    from deepfake_detector.gradcam import explain_run
+    from deepfake_detector.explain import explain_run
     from deepfake_detector.inference import evaluate_run
     folder = make_raw_dataset(tmp_path / "plain", n_real=4, n_fake=4, size=16)
     png_with_header_size(folder / "fake" / "bomb.png", 20_000, 10_000)
@@ -440,7 +440,7 @@ def trained_run_copy(tmp_path: Path) -> Path:
 
 
 def test_gradcam_max_images_must_be_positive(tmp_path):
-    from deepfake_detector.gradcam import explain_images
+    from deepfake_detector.explain import explain_images
     from deepfake_detector.model import build_model
     with pytest.raises(ValueError, match="max_images must be a whole number >= 1"):
         explain_images(build_model("none")[0], [tmp_path / "x.png"], tmp_path, 32, max_images=-1)
@@ -518,7 +518,7 @@ def test_train_on_a_hand_made_split_skips_and_lists_bad_files(split_data, tmp_pa
 
 
 def test_an_interrupted_gradcam_leaves_a_consistent_index_and_carries_on(tmp_path, monkeypatch):
-    from deepfake_detector import gradcam
+    from deepfake_detector import explain as gradcam  # the loop, and the map function it calls
     from deepfake_detector.model import build_model
     model = build_model("none", seed=0)[0]
     paths = [png(tmp_path / f"im{i}.png", rgb_pixels(i, (20, 20))) for i in range(5)]

@@ -37,9 +37,10 @@ matplotlib.use("svg")
 import matplotlib.pyplot as plt
 plt.rcParams["font.size"] = 17
 before = dict(plt.rcParams)
-import deepfake_detector, deepfake_detector.figures, deepfake_detector.evaluate, deepfake_detector.gradcam
+import deepfake_detector, deepfake_detector.figures, deepfake_detector.metrics, deepfake_detector.gradcam
+import deepfake_detector.plots, deepfake_detector.tables, deepfake_detector.predictions, deepfake_detector.report
 import deepfake_detector.train, deepfake_detector.widgets, deepfake_detector.robustness, deepfake_detector.audit
-from deepfake_detector.evaluate import plot_confusion_matrix
+from deepfake_detector.plots import plot_confusion_matrix
 fig = plot_confusion_matrix([0, 1, 1], [0.2, 0.7, 0.4])
 assert fig.axes[0].title.get_fontsize() == 11, fig.axes[0].title.get_fontsize()  # the paper style, per figure
 assert matplotlib.get_backend() == "svg", matplotlib.get_backend()

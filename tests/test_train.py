@@ -131,7 +131,7 @@ def test_a_run_is_never_silently_overwritten(trained_run, split_data, tmp_path):
 
 def test_train_returns_live_objects_that_are_also_the_run_directory(trained_run):
     import os
-    from deepfake_detector.evaluate import read_predictions
+    from deepfake_detector.predictions import read_predictions
     from deepfake_detector.train import TrainedRun
     run = trained_run
     assert isinstance(run, TrainedRun) and isinstance(run, os.PathLike)

@@ -13,7 +13,7 @@ widgets = pytest.importorskip("ipywidgets")
 
 from deepfake_detector import gradcam  # noqa: E402
 from deepfake_detector.data import eval_transform, open_image  # noqa: E402
-from deepfake_detector.evaluate import read_predictions  # noqa: E402
+from deepfake_detector.predictions import read_predictions  # noqa: E402
 from deepfake_detector.inference import load_run  # noqa: E402
 from deepfake_detector.widgets import ImageBrowser, ThresholdExplorer, UploadBox  # noqa: E402
 

@@ -1,0 +1,235 @@
+"""The run report: report.md, written from the files a run directory already holds.
+
+Run-directory layout that `write_report` reads (the training code writes it):
+    config.json, history.json, data_counts.json, metrics_val.json, metrics_test.json,
+    figures/learning_curves.png                     `plots.plot_history`
+    figures/{split}_{name}.png for name in EVALUATION_FIGURES (`plots.save_evaluation_figures`
+        with name_prefix=f"{split}_"); any other figures/*.png is shown under "Other figures"
+    tables/*.md (+ .csv, .tex siblings)             `tables.write_table`
+    robustness.json, cross_dataset.json             lists of row dicts
+    gradcam/contact_sheet.png, gradcam/faithfulness.json
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from deepfake_detector import CLASS_NAMES
+from deepfake_detector.manifest import recording
+from deepfake_detector.plots import (EVALUATION_FIGURES, LEARNING_CURVES_FIGURE, _epoch_of,
+                                     best_epoch_by_val_loss)
+from deepfake_detector.tables import markdown_table, metrics_table_rows
+
+RANDOM_INIT_WARNING = "**RANDOM INIT — NOT IMAGENET-PRETRAINED**"
+
+
+# ----------------------------------------------------------------------------- run report
+
+def load_json(path: Path):
+    """The parsed file, None when absent; an unreadable file becomes a message, not a crash."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return {"unreadable": f"{path.name}: {error}"}
+
+
+def _weights_record(config: dict) -> dict | None:
+    """config["weights"] when it is the record; else any top-level dict carrying "pretrained"."""
+    if isinstance(config.get("weights"), dict):
+        return config["weights"]
+    return next((v for v in config.values() if isinstance(v, dict) and "pretrained" in v), None)
+
+
+def _image(run_dir: Path, relative: str, caption: str) -> list[str]:
+    return [f"![{caption}]({relative})", ""] if (run_dir / relative).is_file() else []
+
+
+def _report_warning(config: dict | None) -> list[str]:
+    record = _weights_record(config) if isinstance(config, dict) else None
+    if record is None or record.get("pretrained") is not False:
+        return []
+    return [RANDOM_INIT_WARNING, "", f"Weights note: {record.get('note', 'none given')}", "",
+            "The backbone was not trained on ImageNet, so these numbers say nothing about a "
+            "pretrained ResNet-18 detector.", ""]
+
+
+def _report_data(counts) -> list[str]:
+    if not isinstance(counts, dict) or "unreadable" in counts:
+        return []
+    rows = []
+    for split, by_class in counts.items():
+        if not isinstance(by_class, dict):
+            continue
+        real, fake = int(by_class.get("real", 0)), int(by_class.get("fake", 0))
+        rows.append({"split": split, "real": real, "fake": fake, "total": real + fake,
+                     "fake share": fake / (real + fake) if real + fake else None})
+    return ["## Data", "", markdown_table(rows, "{:.3f}"), ""] if rows else []
+
+
+def _report_training(run_dir: Path, history) -> list[str]:
+    lines = ["## Training", ""]
+    if isinstance(history, list) and history:
+        best = best_epoch_by_val_loss(history)
+        seconds = sum(h.get("seconds") or 0 for h in history)
+        summary = f"{len(history)} epoch(s), {seconds:.0f} s in total."
+        if best is not None:
+            best_entry = next(h for i, h in enumerate(history) if _epoch_of(h, i) == best)
+            summary += f" Best epoch (min val loss {best_entry['val_loss']:.4f}): {best}."
+        lines += [summary, ""]
+    lines += _image(run_dir, f"figures/{LEARNING_CURVES_FIGURE}.png", "Learning curves")
+    return lines if len(lines) > 2 else []
+
+
+def _report_split(run_dir: Path, split: str, metrics: dict, has_test: bool) -> list[str]:
+    lines = [f"### {split.capitalize()} split", ""]
+    if "unreadable" in metrics:
+        return lines + [f"Could not read {metrics['unreadable']}", ""]
+    if split == "val":
+        lines += ["The validation split chose the early-stopping epoch"
+                  + (" and the threshold" if metrics.get("val_threshold") is not None else "")
+                  + ", so its numbers are optimistic."
+                  + ("" if has_test else " No test split was used: there is no unbiased estimate "
+                     "in this run."), ""]
+    method = metrics.get("ci_method", "percentile bootstrap")
+    lines += [markdown_table(metrics_table_rows(metrics)), "",
+              f"95% CIs: {method}, {metrics.get('n_bootstrap', '?')} replicates "
+              f"(seed {metrics.get('bootstrap_seed', '?')}). "
+              f"Images: {metrics.get('n_real', '?')} real, {metrics.get('n_fake', '?')} fake.", ""]
+    matrix = metrics.get("confusion_matrix")
+    if matrix:
+        lines += [f"Confusion matrix at threshold {metrics.get('threshold', 0.5):.2f} "
+                  "(rows: true class, columns: predicted):", "",
+                  markdown_table([{"true \\ predicted": name, "real": row[0], "fake": row[1]}
+                                  for name, row in zip(CLASS_NAMES, matrix)]), ""]
+    notes = list(metrics.get("notes") or []) + list((metrics.get("group_level") or {}).get("notes") or [])
+    if notes:
+        lines += ["Notes:", ""] + [f"- {note}" for note in notes] + [""]
+    for name in EVALUATION_FIGURES:
+        lines += _image(run_dir, f"figures/{split}_{name}.png", f"{split} {name.replace('_', ' ')}")
+    return lines
+
+
+def _report_convergence(config) -> list[str]:
+    """A warning at the top when the epoch budget, not early stopping, ended training."""
+    if not isinstance(config, dict) or config.get("converged") is not False:
+        return []
+    return ["**NOT CONVERGED**", "",
+            f"The epoch budget ({config.get('epochs')}) ran out while the val loss was still "
+            f"improving (best epoch {config.get('best_epoch')}): this head is short of what its "
+            "features allow, and every number below understates them. Train again with a larger "
+            "`--epochs`, with the default recipe (no `--lr`/`--epochs`/`--patience` overrides), or "
+            "at the rate `lr-find` suggests.", ""]
+
+
+def _report_probe(probe, evaluated: dict) -> list[str]:
+    """Head and linear probe side by side for each split both were scored on."""
+    if not isinstance(probe, dict) or "metrics" not in probe:
+        return []
+    from .probe import comparison_rows, head_vs_probe
+    lines = ["## Head against a linear probe", "",
+             "The probe is a logistic regression on the same frozen features (standardised, C = "
+             f"{probe.get('C', float('nan')):g} chosen by {probe.get('cv', {}).get('folds', '?')}-fold "
+             "cross-validation on the train split"
+             + (", folds following the groups" if probe.get("cv", {}).get("grouped") else "")
+             + "): the ceiling a linear head reaches on these features. A head far below it is not "
+             "done training; a probe far below published results means the features, not the "
+             "head, are the limit.", ""]
+    if probe.get("from_run"):
+        lines += [f"This probe was fitted in phase 1 ({probe['from_run']}) on the frozen "
+                  "backbone's features; fine-tuning is worth it only where it beats it.", ""]
+    for split, head_metrics in evaluated.items():
+        probe_metrics = probe["metrics"].get(split)
+        if not isinstance(probe_metrics, dict) or "unreadable" in head_metrics:
+            continue
+        comparison = head_vs_probe(head_metrics.get("roc_auc"), probe_metrics.get("roc_auc"))
+        lines += [f"### {split.capitalize()} split", "",
+                  markdown_table(comparison_rows(head_metrics, probe_metrics)), ""]
+        if not probe.get("from_run"):
+            lines += [comparison["verdict"], ""]
+    return lines if any(line.startswith("### ") for line in lines) else []
+
+
+def _report_rows(title: str, data) -> list[str]:
+    """A list of row dicts as a table; any other JSON as a code block."""
+    if data is None:
+        return []
+    if isinstance(data, list) and data and all(isinstance(row, dict) for row in data):
+        body = markdown_table(data)
+    elif isinstance(data, dict) and data and all(not isinstance(v, (dict, list)) for v in data.values()):
+        body = markdown_table([{"key": k, "value": v} for k, v in data.items()])
+    else:
+        body = "```json\n" + json.dumps(data, indent=2) + "\n```"
+    return [title, "", body, ""]
+
+
+def _report_unlisted_figures(run_dir: Path, shown: set[str]) -> list[str]:
+    figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
+    lines = []
+    for path in figures:
+        relative = f"figures/{path.name}"
+        if relative not in shown:
+            lines += [f"![{path.stem.replace('_', ' ')}]({relative})", ""]
+    return (["## Other figures", ""] + lines) if lines else []
+
+
+# Tables that write_report shows in a section of their own rather than under "Tables".
+OWN_SECTION_TABLES = {"robustness", "cross_dataset", "head_vs_probe"}
+
+
+def _report_tables(run_dir: Path) -> list[str]:
+    tables = sorted((run_dir / "tables").glob("*.md")) if (run_dir / "tables").is_dir() else []
+    lines = []
+    for path in tables:
+        if path.stem in OWN_SECTION_TABLES:
+            continue  # shown in their own section, from their JSON
+        siblings = [f"[{ext.upper()}](tables/{path.stem}.{ext})" for ext in ("csv", "tex")
+                    if path.with_suffix(f".{ext}").is_file()]
+        lines += [f"### {path.stem}", "", path.read_text(encoding="utf-8").strip(), ""]
+        if siblings:
+            lines += ["Also as " + ", ".join(siblings) + ".", ""]
+    return (["## Tables", ""] + lines) if lines else []
+
+
+def write_report(run_dir) -> Path:
+    """Write run_dir/report.md from whatever the run directory holds (layout in the module
+    docstring); each section appears only when its files exist. A random-init backbone
+    (weights record with pretrained false) opens the report with RANDOM_INIT_WARNING."""
+    run_dir = Path(run_dir)
+    config = load_json(run_dir / "config.json")
+    metrics = {split: load_json(run_dir / f"metrics_{split}.json") for split in ("test", "val")}
+    lines = _report_warning(config)
+    lines += [f"# Run report: {run_dir.resolve().name}", ""]
+    preamble = len(lines)
+    lines += _report_convergence(config)
+    lines += _report_data(load_json(run_dir / "data_counts.json"))
+    evaluated = {split: m for split, m in metrics.items() if isinstance(m, dict)}
+    lines += _report_probe(load_json(run_dir / "probe.json"), evaluated)
+    if evaluated:
+        lines += ["## Results", ""]
+        for split, split_metrics in evaluated.items():
+            lines += _report_split(run_dir, split, split_metrics, has_test="test" in evaluated)
+    lines += _report_training(run_dir, load_json(run_dir / "history.json"))
+    lines += _report_tables(run_dir)
+    robustness = _report_rows("## Robustness", load_json(run_dir / "robustness.json"))
+    lines += robustness + (_image(run_dir, "figures/robustness.png", "robustness") if robustness else [])
+    lines += _report_rows("## Cross-dataset", load_json(run_dir / "cross_dataset.json"))
+    gradcam = _image(run_dir, "gradcam/contact_sheet.png", "Grad-CAM contact sheet")
+    gradcam += _report_rows("### Faithfulness", load_json(run_dir / "gradcam" / "faithfulness.json"))
+    if gradcam:
+        lines += ["## Grad-CAM", ""] + gradcam
+    shown = {line.split("](", 1)[1].rstrip(")") for line in lines if line.startswith("![")}
+    lines += _report_unlisted_figures(run_dir, shown)
+    if isinstance(config, dict):
+        lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
+        if config.get("data_citation"):
+            lines += ["## How to cite the data", "", str(config["data_citation"]), "",
+                      "_Placeholder: replace with the dataset's own citation (BibTeX) and licence "
+                      "before publishing._", ""]
+    if len(lines) == preamble:
+        lines += ["Nothing to report yet: the run directory holds none of the expected files.", ""]
+    report = run_dir / "report.md"
+    with recording(run_dir):  # a rewritten report stays one of the run's own files
+        report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return report
