@@ -4,7 +4,6 @@ in the feature-cache key and in the run, the device-side resize against PIL's, a
 tensors for a large JPEG."""
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -24,7 +23,6 @@ from deepfake_detector.model import build_model
 from deepfake_detector.train import TrainConfig, image_batches, train
 from deepfake_detector.uploads import explain_uploads
 
-from conftest import smooth_noise
 
 SIZE = 64  # px: the model's input here, so that a 512 px JPEG is decoded at 1/4 (128 px)
 
