@@ -164,9 +164,8 @@ def add_lr_find(commands):
     add_setting(p, "batch_size")
     p.add_argument("--no-standardize", action="store_true", help="sweep on raw features")
     add_setting(p, "seed")
-    add_setting(p, "cache_dir")
-    add_setting(p, "device")
-    add_setting(p, "num_workers")
+    for name in ("decode", "resize", "precision", "cache_dir", "device", "num_workers"):
+        add_setting(p, name)
     p.set_defaults(func=run_lr_find)
 
 
@@ -175,7 +174,8 @@ def run_lr_find(args):
     result = lr_find_on_data(args.data, args.weights, args.out, img_size=args.img_size,
                              batch_size=args.batch_size, standardize=not args.no_standardize,
                              seed=args.seed, cache_dir=args.cache_dir, device=args.device,
-                             num_workers=args.num_workers)
+                             num_workers=args.num_workers, decode=args.decode, resize=args.resize,
+                             precision=args.precision)
     print(f"suggested learning rate {result.suggestion:.3g} (lowest loss at "
           f"{result.min_loss_lr:.3g}); sweep and plot in {args.out}")
     return result

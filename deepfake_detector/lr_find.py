@@ -110,11 +110,13 @@ def plot_lr_find(result: LRFinderResult, title: str = "Learning-rate finder"):
 
 def lr_find_on_data(data_dir, weights: str, out_dir, img_size: int = 224, batch_size: int = 32,
                     standardize: bool = True, seed: int = 0, cache_dir="outputs/cache",
-                    device: str = "auto", num_workers=None, log=print) -> LRFinderResult:
+                    device: str = "auto", num_workers=None, log=print, decode: str = "draft",
+                    resize: str = "auto", precision: str = "fp32") -> LRFinderResult:
     """`lr-find`: the range test on the train split's features, as `train` would start it (same
     fresh head, same standardisation, same class weighting). Writes OUT/lr_find.json and
     OUT/lr_find.{png,pdf}. The features come from (and go to) the same cache as `train`'s, so the
-    training run that follows does not extract them again."""
+    training run that follows does not extract them again (`decode`, `resize`, `precision`: as
+    train's, whose defaults they share)."""
     from . import CLASS_TO_IDX
     from .features import cached_features
     from .figures import plt, save_figure
@@ -135,7 +137,8 @@ def lr_find_on_data(data_dir, weights: str, out_dir, img_size: int = 224, batch_
         log(f"RANDOM INIT backbone: {record['note']}")
     features = cached_features(model, items, img_size=img_size, cache_dir=cache_dir or None,
                                device=device, num_workers=num_workers, seed=seed,
-                               desc="train features", log=log)
+                               desc="train features", log=log, decode=decode, resize=resize,
+                               precision=precision)
     head = StandardizedHead(model.fc, *feature_statistics(features)) if standardize else model.fc
     result = lr_find(head, features, labels, pos_weight=(len(labels) - n_fake) / n_fake,
                      batch_size=batch_size, seed=seed, device=device)

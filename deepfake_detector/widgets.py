@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from . import CLASS_NAMES
-from .data import IMAGENET_MEAN, IMAGENET_STD, ImageLoadError, eval_transform, open_image
+from .data import (IMAGENET_MEAN, IMAGENET_STD, ImageLoadError, decode_size, eval_transform,
+                   open_image)
 from .figures import plt
 from .gradcam import OUTCOMES, grad_cam_with_logits, outcome_of, overlay
 
@@ -113,9 +114,17 @@ class ThresholdExplorer(_Displayable):
 class _CamView:
     """Shared by the browser and the upload box: P(fake) and the Grad-CAM of one image."""
 
-    def __init__(self, model, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, layer=None):
+    def __init__(self, model, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, layer=None,
+                 decode: str = "full"):
         self.model, self.layer = model, layer
         self.transform = eval_transform(img_size, mean, std)
+        # The model's input is decoded as the run trained (a large JPEG at reduced size with
+        # "draft"); the picture beside the map is the image itself.
+        self.target_size = decode_size(decode, img_size)
+
+    def model_input(self, source) -> Image.Image:
+        """`source` (a path) decoded as the run decodes its model inputs."""
+        return open_image(source, target_size=self.target_size)
 
     def explain(self, image: Image.Image, target: str):
         batch = self.transform(image)[None].to(next(self.model.parameters()).device)
@@ -128,8 +137,8 @@ class ImageBrowser(_Displayable, _CamView):
     its Grad-CAM for the target fake or real."""
 
     def __init__(self, model, paths, labels, probabilities, img_size: int, threshold: float = 0.5,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, layer=None):
-        _CamView.__init__(self, model, img_size, mean, std, layer)
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, layer=None, decode: str = "full"):
+        _CamView.__init__(self, model, img_size, mean, std, layer, decode)
         self.paths = [Path(p) for p in paths]
         self.labels = [int(y) for y in labels]
         self.probabilities = [float(p) for p in probabilities]
@@ -177,7 +186,7 @@ class ImageBrowser(_Displayable, _CamView):
             self.shown = None
             return None
         image = open_image(self.paths[index])
-        probability, cam = self.explain(image, self.target.value)
+        probability, cam = self.explain(self.model_input(self.paths[index]), self.target.value)
         self.picture.value = array_png(side_by_side(image, cam))
         label = CLASS_NAMES[self.labels[index]]
         self.shown = {"path": self.paths[index], "label": label, "probability": probability,
@@ -194,8 +203,8 @@ class UploadBox(_Displayable, _CamView):
     Grad-CAM for the verdict."""
 
     def __init__(self, model, img_size: int, threshold: float, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD, layer=None):
-        _CamView.__init__(self, model, img_size, mean, std, layer)
+                 std=IMAGENET_STD, layer=None, decode: str = "full"):
+        _CamView.__init__(self, model, img_size, mean, std, layer, decode)
         self.threshold = threshold
         self.upload = widgets.FileUpload(accept="image/*", multiple=False,
                                          description="Your image")
@@ -219,7 +228,7 @@ class UploadBox(_Displayable, _CamView):
             path = Path(folder) / safe_name
             path.write_bytes(data)
             try:
-                image = open_image(path)
+                image, model_image = open_image(path), self.model_input(path)
             except ImageLoadError:
                 self.picture.value = b""
                 self.caption.value = (f"<p><b>{html.escape(safe_name)}</b> could not be read as an "
@@ -227,9 +236,9 @@ class UploadBox(_Displayable, _CamView):
                 self.shown = None
                 return None
         with torch.no_grad():
-            probability, _ = self.explain(image, "fake")
+            probability, _ = self.explain(model_image, "fake")
         verdict = "fake" if probability >= self.threshold else "real"
-        _, cam = self.explain(image, verdict)
+        _, cam = self.explain(model_image, verdict)
         self.picture.value = array_png(side_by_side(image, cam))
         self.shown = {"name": safe_name, "probability": probability, "verdict": verdict,
                       "threshold": self.threshold, "cam": cam}

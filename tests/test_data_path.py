@@ -237,7 +237,7 @@ class ModelInputs:
         return rows
 
 
-def test_extraction_predict_plain_loop_gradcam_and_uploads_see_the_same_tensors(
+def test_extraction_predict_plain_loop_gradcam_uploads_and_widgets_see_the_same_tensors(
         model, large_jpegs, tmp_path):
     items = [(path, 0) for path in large_jpegs]
     reference = torch.stack([eval_transform(SIZE)(open_image(path, SIZE)) for path in large_jpegs])
@@ -259,13 +259,19 @@ def test_extraction_predict_plain_loop_gradcam_and_uploads_see_the_same_tensors(
                       "decode": "draft"}
         explain_uploads(model, checkpoint, [(p.name, p.read_bytes()) for p in large_jpegs])
         uploads = inputs.take()
+        from deepfake_detector.widgets import UploadBox
+        box = UploadBox(model, SIZE, threshold=0.5, decode="draft")
+        for path in large_jpegs:
+            box.show_bytes(path.read_bytes(), path.name)
+        upload_box = inputs.take()[::2]  # each upload: P(fake), then the map of its verdict
         device_resized = torch.cat([images for images, _ in image_batches(
             items, None, TrainConfig(img_size=SIZE, num_workers=0, decode="draft",
                                      resize="device"), None, "cpu")])
     finally:
         inputs.handle.remove()
     for name, seen in (("extraction", extraction), ("predict", predict), ("plain loop", plain),
-                       ("Grad-CAM", gradcam), ("uploads", uploads)):
+                       ("Grad-CAM", gradcam), ("uploads", uploads),
+                       ("the notebook's upload box", upload_box)):
         assert torch.equal(seen, reference), name
     tolerance = DEVICE_RESIZE_TOLERANCE / 255 / min(IMAGENET_STD) + 1e-6
     assert (device_resized - reference).abs().max() <= tolerance
