@@ -37,31 +37,12 @@ def save_figure(fig, path_stem: str | Path, formats=("png", "pdf"), dpi: int = 3
     The figure stays open, so the notebook can still show it inline."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    bbox = tight_bbox(fig, dpi)
     written = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=dpi, bbox_inches=bbox)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
         written.append(path)
     return written
-
-
-def tight_bbox(fig, dpi: int):
-    """The box savefig(bbox_inches="tight") would crop to, measured once for every format.
-
-    Each savefig "tight" lays the whole figure out again to measure it (a third of a run's
-    figure time, benchmarks/fixed_cost.py); measured at the saving dpi, the PNG comes out the
-    same pixel for pixel, and the PDF's page differs by under a point."""
-    import matplotlib
-    original_dpi = fig.dpi
-    fig.dpi = dpi  # as savefig itself sets it while it saves
-    try:
-        box = fig.get_tightbbox(fig.canvas.get_renderer())
-    finally:
-        fig.dpi = original_dpi
-    if box is None or not (0 < box.width < float("inf") and 0 < box.height < float("inf")):
-        return "tight"  # nothing measurable: let savefig decide, as before
-    return box.padded(matplotlib.rcParams["savefig.pad_inches"])
 
 
 @paper_style
