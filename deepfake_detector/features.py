@@ -229,22 +229,24 @@ def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENE
                     cache_dir: str | Path | None = None, augmentation=None, n_views: int = 1,
                     batch_size: int = 64, device=None, num_workers=None, seed: int = 0,
                     desc: str = "features", log=print, decode: str = "full",
-                    resize: str = "auto", precision: str = "fp32") -> torch.Tensor:
+                    resize: str = "auto", precision: str = "fp32",
+                    cache_path: Path | None = None) -> torch.Tensor:
     """Features of `items`, from the cache when the exact same ones were extracted before.
 
     Returns (N, 512), or (n_views, N, 512) with augmentation: K augmented views per image, so
     augmentation costs K backbone passes in all instead of one per epoch. `decode`, `resize`:
     as extract_features. `precision` (fp32, bf16, fp16, amp) is what the backbone computes in,
     and part of the cache key. Under torchrun every rank extracts its share; rank 0 returns (and
-    caches) all of them, the other ranks None.
+    caches) all of them, the other ranks None. `cache_path`: the cache file, when the caller has
+    already computed it with cache_file (the key hashes every file's bytes: once is enough).
     """
     views = n_views if augmentation else 1
     device = torch.device(device) if device is not None else next(model.parameters()).device
     resize = resolve_resize(resize, device, augmentation)
     path = None
     if cache_dir is not None and distributed.is_main():  # under torchrun, the cache is rank 0's
-        path = cache_file(model, items, img_size, mean, std, augmentation, views, seed, device,
-                          cache_dir, decode, resize, precision)
+        path = cache_path or cache_file(model, items, img_size, mean, std, augmentation, views,
+                                        seed, device, cache_dir, decode, resize, precision)
     if distributed.decided_by_main(path is not None and path.exists()):
         if not distributed.is_main():
             return None

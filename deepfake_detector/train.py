@@ -35,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from .progress import tqdm
 
-from . import CLASS_TO_IDX, __version__
+from . import CLASS_TO_IDX, __version__, distributed
 from .audit import AuditWarning, audit_split
 from .demo_data import synthetic_origin
 from .config import TrainConfig
@@ -394,8 +394,8 @@ def image_batches(items, transform, config, order, device, augmentation=None):
     Decoded and resized as the cached path's extraction does (config.decode, config.resize),
     in `order`, so both paths see the same pixels in the same batches."""
     sampler = None if order is None else order.tolist()
-    size = decode_size(getattr(config, "decode", "full"), config.img_size)
-    if resolve_resize(getattr(config, "resize", "pil"), device, augmentation) == "device":
+    size = decode_size(config.decode, config.img_size)
+    if resolve_resize(config.resize, device, augmentation) == "device":
         loader = make_loader(items, own_size_transform(config.img_size), config.batch_size,
                              sampler=sampler, num_workers=config.num_workers, device=device,
                              decode_size=size)
@@ -651,11 +651,13 @@ def extract_split_features(config: TrainConfig, splits, log=print) -> dict[str, 
         # The items exactly as train lists them (the probe's test split is read as listed).
         items = list_split(config.data_dir, split) if split == "test" \
             else usable_split(config.data_dir, split)
-        features = cached_features(model, items, desc=f"{split} features", **options)
-        files[split] = None if features is None else cache_file(
-            model, items, config.img_size, IMAGENET_MEAN, IMAGENET_STD, None, 1, config.seed,
-            device, config.cache_dir, config.decode, resolve_resize(config.resize, device),
-            config.precision)
+        path = cache_file(model, items, config.img_size, IMAGENET_MEAN, IMAGENET_STD, None, 1,
+                          config.seed, device, config.cache_dir, config.decode,
+                          resolve_resize(config.resize, device), config.precision) \
+            if distributed.is_main() else None  # under torchrun, the cache is rank 0's
+        features = cached_features(model, items, desc=f"{split} features", cache_path=path,
+                                   **options)
+        files[split] = None if features is None else path
     return files
 
 

@@ -24,6 +24,7 @@ from .data import (IMAGENET_MEAN, IMAGENET_STD, ImageLoadError, decode_size, eva
                    open_image)
 from .figures import plt
 from .gradcam import OUTCOMES, grad_cam_with_logits, outcome_of, overlay
+from .images import decode_image
 
 OPTIMISM_NOTE = ("A threshold tuned on a split and reported on the same split is optimistic: "
                  "the numbers flatter it. Choose the threshold on val, then report it on the test "
@@ -122,9 +123,12 @@ class _CamView:
         # "draft"); the picture beside the map is the image itself.
         self.target_size = decode_size(decode, img_size)
 
-    def model_input(self, source) -> Image.Image:
-        """`source` (a path) decoded as the run decodes its model inputs."""
-        return open_image(source, target_size=self.target_size)
+    def pictures(self, source) -> tuple[Image.Image, Image.Image]:
+        """(the picture to show, the model's input) of `source` (a path): one decode, and a
+        second, full one only where the run's reduced decode applied."""
+        model_input, facts = decode_image(source, target_size=self.target_size)
+        shown = model_input if facts["draft_scale"] == 1 else open_image(source)
+        return shown, model_input
 
     def explain(self, image: Image.Image, target: str):
         batch = self.transform(image)[None].to(next(self.model.parameters()).device)
@@ -185,8 +189,8 @@ class ImageBrowser(_Displayable, _CamView):
             self.caption.value = f"<p>No validation image is {self.outcome.value}.</p>"
             self.shown = None
             return None
-        image = open_image(self.paths[index])
-        probability, cam = self.explain(self.model_input(self.paths[index]), self.target.value)
+        image, model_image = self.pictures(self.paths[index])
+        probability, cam = self.explain(model_image, self.target.value)
         self.picture.value = array_png(side_by_side(image, cam))
         label = CLASS_NAMES[self.labels[index]]
         self.shown = {"path": self.paths[index], "label": label, "probability": probability,
@@ -228,7 +232,7 @@ class UploadBox(_Displayable, _CamView):
             path = Path(folder) / safe_name
             path.write_bytes(data)
             try:
-                image, model_image = open_image(path), self.model_input(path)
+                image, model_image = self.pictures(path)
             except ImageLoadError:
                 self.picture.value = b""
                 self.caption.value = (f"<p><b>{html.escape(safe_name)}</b> could not be read as an "
