@@ -43,7 +43,7 @@ from .data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, make_loader, trai
     check_decode, decode_size, normalize_batch, own_size_transform, resolve_resize
 from .determinism import deterministic
 from .features import (autocast_for, cache_file, cached_features, channels_last, check_precision,
-                       exact_fp32)
+                       exact_fp32, head_in_fp32)
 from .files import write_json
 from .manifest import (NotOursError, mark_complete, record_written, recording, remove_run_dir,
                        start_run_dir)
@@ -51,7 +51,7 @@ from .manifest import read_manifest as read_run_manifest
 from .lr_find import lr_find, plot_lr_find
 from .probe import (comparison_rows, fit_probe, floored_scale, fold_standardization,
                     head_vs_probe, probe_summary)
-from .model import backbone_features, build_model, pick_device
+from .model import build_model, pick_device
 from .metrics import choose_threshold, compute_metrics
 from .plots import plot_history, save_evaluation_figures
 from .predictions import write_predictions
@@ -385,8 +385,7 @@ class BackboneInPrecision(nn.Module):
 
     def forward(self, images):
         with autocast_for(self.device, self.precision):
-            features = backbone_features(self.model, images)
-        return self.model.fc(features.float())
+            return head_in_fp32(self.model, images)
 
 
 def image_batches(items, transform, config, order, device, augmentation=None):
