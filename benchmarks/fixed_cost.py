@@ -6,8 +6,11 @@
 Trains one run on cached features (random init, 32 px: training is not what is measured here),
 then times each part of what `train` does after the head is trained, with the functions train
 calls, in one process. "before" is the bootstrap as it was (one replicate per Python loop,
-rng.choice, scalar statistics), "after" the vectorised one; the repeats alternate between the two
-so that a busy machine slows both alike, and the two must give the same intervals bit for bit.
+rng.choice, scalar statistics) and the six figures drawn one after another in one process;
+"after" the vectorised bootstrap and the figures drawn by figures.save_figures on as many
+processes as it picks here (drawing_processes: one per core, at most six). The repeats alternate
+between the two so that a busy machine slows both alike; the two bootstraps must give the same
+intervals bit for bit.
 Issue 12's target: metrics with bootstrap intervals, figures and report under 3 s for 4,000 images.
 """
 from __future__ import annotations
@@ -74,15 +77,14 @@ def main(argv=None) -> dict:
 
     from deepfake_detector import metrics as ev
     from deepfake_detector.metrics import choose_threshold, compute_metrics
-    from deepfake_detector.plots import plot_history, save_evaluation_figures
     from deepfake_detector.predictions import write_predictions
     from deepfake_detector.report import write_report
     from deepfake_detector.tables import metrics_table_rows, write_table
     from deepfake_detector.features import cached_features
-    from deepfake_detector.figures import plt, save_figure
+    from deepfake_detector.figures import drawing_processes, save_figures
     from deepfake_detector.probe import fit_probe
     from deepfake_detector.split import list_split, split_groups
-    from deepfake_detector.train import TrainConfig, train
+    from deepfake_detector.train import TrainConfig, run_drawings, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="a split folder (default: cifake-dev sample)")
@@ -111,8 +113,11 @@ def main(argv=None) -> dict:
         train_y = np.array([y for _, y in train_items])
         val_x = cached_features(run.model, run.val_items, **from_cache).numpy()
 
+        processes = drawing_processes(6)
         parts = {name: [] for name in ("metrics (bootstrap CIs), before", "metrics (bootstrap CIs), after",
-                                       "figures (6 x PNG + PDF)", "predictions, tables, report",
+                                       "figures (6 x PNG + PDF), one process",
+                                       f"figures (6 x PNG + PDF), {processes} processes",
+                                       "predictions, tables, report",
                                        "probe fit (logistic regression, CV)",
                                        "probe metrics (bootstrap CIs), after")}
         for _ in range(args.repeats):
@@ -128,13 +133,11 @@ def main(argv=None) -> dict:
             parts["metrics (bootstrap CIs), after"].append(seconds)
             assert before == metrics, "the vectorised bootstrap moved a number"
 
-            def draw():
-                save_figure(plot_history(run.history, best_epoch=run.best_epoch),
-                            figures / "learning_curves")
-                save_evaluation_figures(labels, p, metrics, figures, title_prefix="Validation",
-                                        name_prefix="val_")
-                plt.close("all")
-            parts["figures (6 x PNG + PDF)"].append(timed(draw)[0])
+            drawings = run_drawings(figures, run.history, run.best_epoch, labels, p, metrics)
+            parts["figures (6 x PNG + PDF), one process"].append(
+                timed(lambda: save_figures(drawings, processes=1))[0])
+            parts[f"figures (6 x PNG + PDF), {processes} processes"].append(
+                timed(lambda: save_figures(drawings))[0])
 
             def write():
                 write_predictions([{"image_id": Path(path).name, "prediction": float(q),
@@ -154,10 +157,12 @@ def main(argv=None) -> dict:
 
         medians = {name: statistics.median(values) for name, values in parts.items()}
         fixed_before = (medians["metrics (bootstrap CIs), before"] * 2
-                        + medians["figures (6 x PNG + PDF)"] + medians["predictions, tables, report"])
+                        + medians["figures (6 x PNG + PDF), one process"]
+                        + medians["predictions, tables, report"])
         fixed_after = (medians["metrics (bootstrap CIs), after"]
                        + medians["probe metrics (bootstrap CIs), after"]
-                       + medians["figures (6 x PNG + PDF)"] + medians["predictions, tables, report"])
+                       + medians[f"figures (6 x PNG + PDF), {processes} processes"]
+                       + medians["predictions, tables, report"])
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"fixed cost after training: {n_images} images ({len(labels)} val), "
               f"{torch.get_num_threads()} CPU threads, load {load:.2f}, median of {args.repeats}")

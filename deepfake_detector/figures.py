@@ -1,4 +1,5 @@
 """One way to save a figure, so every picture is ready for a paper: PNG and PDF at 300 dpi.
+Several figures at once (`save_figures`) are drawn on several cores where that is safe.
 
 Importing this package never touches matplotlib's backend or its global rcParams: your
 `%matplotlib widget` or your own style stay as they are. The project's figures get their style
@@ -8,6 +9,10 @@ command line picks the headless Agg backend itself, in `cli.main`.
 from __future__ import annotations
 
 import functools
+import multiprocessing
+import os
+import sys
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,6 +21,8 @@ import matplotlib.pyplot as plt
 PAPER_STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
                "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
                "figure.dpi": 100, "savefig.bbox": "tight"}
+FIGURE_FORMATS = ("png", "pdf")  # a raster to look at, a vector file for the paper
+FILE_ONLY_BACKENDS = ("agg", "pdf", "svg", "ps", "cairo", "pgf", "template")
 
 
 def paper_style(function=None):
@@ -32,7 +39,7 @@ def paper_style(function=None):
     return styled
 
 
-def save_figure(fig, path_stem: str | Path, formats=("png", "pdf"), dpi: int = 300) -> list[Path]:
+def save_figure(fig, path_stem: str | Path, formats=FIGURE_FORMATS, dpi: int = 300) -> list[Path]:
     """Save `fig` as path_stem.png and path_stem.pdf (300 dpi); returns the written paths.
     The figure stays open, so the notebook can still show it inline."""
     stem = Path(path_stem)
@@ -43,6 +50,68 @@ def save_figure(fig, path_stem: str | Path, formats=("png", "pdf"), dpi: int = 3
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
         written.append(path)
     return written
+
+
+def drawing_processes(n_figures: int) -> int:
+    """How many processes draw `n_figures` figures: one per core, at most one per figure, where a
+    forked copy of this process can draw: on Linux, with a file-only backend (a window's backend
+    holds a connection to the display that a copy must not share), outside a notebook's kernel
+    (its sockets, the same), and not inside a DataLoader worker or other daemon process. Else 1."""
+    if (n_figures < 2 or not sys.platform.startswith("linux") or "ipykernel" in sys.modules
+            or plt.get_backend().lower() not in FILE_ONLY_BACKENDS
+            or multiprocessing.current_process().daemon):
+        return 1
+    return max(1, min(n_figures, len(os.sched_getaffinity(0))))
+
+
+def save_figures(drawings: dict, processes: int | None = None) -> list[Path]:
+    """Draw and save several figures: {path_stem: function returning a Figure} -> the written
+    paths (save_figure's PNG and PDF), in the order given: the same pictures as saving them one
+    by one (tests/test_evaluate.py compares the pixels).
+
+    Matplotlib draws in Python, on one core: a run's six figures took 2.3-3.6 s on one core of a
+    2-core test machine, most of a run's cost after training (benchmarks/fixed_cost.py). So the
+    figures are split among `processes`
+    (default drawing_processes) forked copies of this process, which share its memory and so
+    start in milliseconds (PyTorch's DataLoader forks its workers the same way). This process
+    draws the first share itself; a share whose process fails is drawn again here, where its
+    error, if it has one, is raised."""
+    jobs = [(Path(stem), draw) for stem, draw in drawings.items()]
+    processes = drawing_processes(len(jobs)) if processes is None \
+        else max(1, min(processes, len(jobs)))
+    shares = [[] for _ in range(processes)]
+    # Dealt back and forth (to processes 0, 1, 1, 0, 0, 1 for two): with the costliest given
+    # first, the shares come out about even.
+    for i, job in enumerate(jobs):
+        turn, seat = divmod(i, processes)
+        shares[seat if turn % 2 == 0 else processes - 1 - seat].append(job)
+    children = []
+    if processes > 1:
+        context = multiprocessing.get_context("fork")
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that a process with threads (torch's) forks; the copies only
+            # draw with matplotlib and NumPy, and never touch torch or its threads.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for share in shares[1:]:
+                child = context.Process(target=_draw_and_save, args=(share,), daemon=True)
+                child.start()
+                children.append((child, share))
+    try:
+        _draw_and_save(shares[0])
+    finally:
+        for child, _ in children:
+            child.join()
+    for child, share in children:
+        if child.exitcode != 0:
+            _draw_and_save(share)
+    return [stem.with_suffix(f".{fmt}") for stem, _ in jobs for fmt in FIGURE_FORMATS]
+
+
+def _draw_and_save(jobs) -> None:
+    for stem, draw in jobs:
+        fig = draw()
+        save_figure(fig, stem)
+        plt.close(fig)
 
 
 @paper_style

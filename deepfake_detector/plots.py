@@ -7,6 +7,7 @@ live here, beside the figures that use them; other modules' figures import them 
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from sklearn.metrics import (average_precision_score, confusion_matrix, precisio
 
 from deepfake_detector import CLASS_NAMES
 
-from deepfake_detector.figures import paper_style, plt, save_figure
+from deepfake_detector.figures import paper_style, plt, save_figures
 from deepfake_detector.metrics import (ECE_BINS, _check_inputs, _has_both_classes,
                                        equal_error_rate, expected_calibration_error, predict_fake,
                                        reliability_curve)
@@ -215,23 +216,29 @@ def plot_history(history: list[dict], best_epoch: int | None = None, title: str 
     return fig
 
 
+def evaluation_drawings(y_true, p_fake, metrics: dict, out_dir, title_prefix: str = "",
+                        name_prefix: str = "") -> dict:
+    """The five evaluation figures of a split, not yet drawn: {out_dir/{name_prefix}{name}:
+    function drawing it} for figures.save_figures (names in EVALUATION_FIGURES); thresholds come
+    from `metrics`."""
+    y, p = _check_inputs(y_true, p_fake)
+    threshold = metrics.get("threshold", 0.5)
+    drawings = {  # the costliest to draw first: figures.save_figures deals them out in order
+        "reliability": partial(plot_reliability_diagram, y, p,
+                               metrics.get("ece_bins", ECE_BINS), title_prefix),
+        "probability_histogram": partial(plot_probability_histogram, y, p, threshold,
+                                         metrics.get("val_threshold"), title_prefix),
+        "roc_curve": partial(plot_roc_curve, y, p, threshold, title_prefix),
+        "pr_curve": partial(plot_pr_curve, y, p, title_prefix),
+        "confusion_matrix": partial(plot_confusion_matrix, y, p, threshold, title_prefix),
+    }
+    return {Path(out_dir) / f"{name_prefix}{name}": draw for name, draw in drawings.items()}
+
+
 def save_evaluation_figures(y_true, p_fake, metrics: dict, out_dir, title_prefix: str = "",
                             name_prefix: str = "") -> list[Path]:
     """Save the five evaluation figures as out_dir/{name_prefix}{name}.png and .pdf (names in
-    EVALUATION_FIGURES); thresholds come from `metrics`. Figures are closed after saving, so a
-    notebook cell shows none twice; call the plot_* functions to display one."""
-    y, p = _check_inputs(y_true, p_fake)
-    threshold = metrics.get("threshold", 0.5)
-    figures = {
-        "confusion_matrix": plot_confusion_matrix(y, p, threshold, title_prefix),
-        "roc_curve": plot_roc_curve(y, p, threshold, title_prefix),
-        "pr_curve": plot_pr_curve(y, p, title_prefix),
-        "reliability": plot_reliability_diagram(y, p, metrics.get("ece_bins", ECE_BINS), title_prefix),
-        "probability_histogram": plot_probability_histogram(
-            y, p, threshold, metrics.get("val_threshold"), title_prefix),
-    }
-    written = []
-    for name, fig in figures.items():
-        written += save_figure(fig, Path(out_dir) / f"{name_prefix}{name}")
-        plt.close(fig)
-    return written
+    EVALUATION_FIGURES; figures.save_figures, on several cores where it can). Figures are closed
+    after saving, so a notebook cell shows none twice; call the plot_* functions to display one."""
+    return save_figures(evaluation_drawings(y_true, p_fake, metrics, out_dir, title_prefix,
+                                            name_prefix))

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfake_detector.metrics import ECE_BINS
-
 # ----------------------------------------------------------------------------- tables
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -125,6 +123,9 @@ def write_table(rows: list[dict], path_stem, caption: str = "",
 
 def metrics_table_rows(metrics: dict) -> list[dict]:
     """Rows (metric, value, 95% CI) for the main results table, from a `compute_metrics` dict."""
+    # Imported here: predict writes its files with this module, and metrics.py pulls in
+    # scikit-learn, ~3 s of import that a predict never needs.
+    from deepfake_detector.metrics import ECE_BINS
     ci = metrics.get("ci") or {}
     threshold = metrics.get("threshold", 0.5)
     rows = [{"metric": "Images", "value": metrics.get("n_images"), "95% CI": None},

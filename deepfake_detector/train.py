@@ -24,6 +24,7 @@ import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,11 +54,11 @@ from .probe import (comparison_rows, fit_probe, floored_scale, fold_standardizat
                     head_vs_probe, probe_summary)
 from .model import build_model, pick_device
 from .metrics import choose_threshold, compute_metrics
-from .plots import plot_history, save_evaluation_figures
+from .plots import evaluation_drawings, plot_history
 from .predictions import write_predictions
 from .report import write_report
 from .tables import metrics_table_rows, write_table
-from .figures import plt, save_figure
+from .figures import plt, save_figure, save_figures
 from .split import drop_unreadable, list_split, split_groups
 
 
@@ -757,16 +758,23 @@ def finish_run(run_dir: Path, val_items, val_probabilities, metrics: dict, val_t
     write_predictions([{"image_id": path.name, "prediction": float(p), "label": int(y),
                         "path": str(path)} for (path, y), p in zip(val_items, val_probabilities)],
                       run_dir / "predictions_val.csv")
-    figures = run_dir / "figures"
-    save_figure(plot_history(history, best_epoch=best_epoch), figures / "learning_curves")
-    save_evaluation_figures(labels, val_probabilities, metrics, figures, title_prefix="Validation",
-                            name_prefix="val_")
+    save_figures(run_drawings(run_dir / "figures", history, best_epoch, labels, val_probabilities,
+                              metrics))
     write_table(metrics_table_rows(metrics), run_dir / "tables" / "metrics_val",
                 caption="Validation metrics with 95% bootstrap confidence intervals")
     plt.close("all")
     write_report(run_dir)
     log(f"val accuracy {metrics['accuracy']:.4f}, ROC-AUC {metrics['roc_auc']}, "
         f"threshold chosen on val {val_threshold:.3f}; run saved in {run_dir}")
+
+
+def run_drawings(figures: Path, history, best_epoch, labels, val_probabilities,
+                 metrics: dict) -> dict:
+    """A run's six figures, for save_figures: the learning curves and the validation figures,
+    the costliest first (save_figures deals them out in this order)."""
+    return {figures / "learning_curves": partial(plot_history, history, best_epoch=best_epoch),
+            **evaluation_drawings(labels, val_probabilities, metrics, figures,
+                                  title_prefix="Validation", name_prefix="val_")}
 
 
 def library_versions() -> dict:

@@ -12,6 +12,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
 
 from deepfake_detector import metrics as metrics_module
 from deepfake_detector import plots as ev
+from deepfake_detector.figures import save_figure
 from deepfake_detector.metrics import (bootstrap_ci, choose_threshold, compute_metrics,
                                        equal_error_rate, expected_calibration_error,
                                        reliability_curve)
@@ -349,7 +350,7 @@ def test_history_figure_and_best_epoch(tmp_path):
     assert ev.best_epoch_by_val_loss(HISTORY) == 2
     fig = ev.plot_history(HISTORY)
     assert len(fig.axes) == 3  # loss, accuracy, val ROC-AUC
-    _assert_saved(ev.save_figure(fig, tmp_path / "learning_curves"), 1)
+    _assert_saved(save_figure(fig, tmp_path / "learning_curves"), 1)
     assert len(ev.plot_history([{k: v for k, v in h.items() if k != "val_auc"}
                                 for h in HISTORY]).axes) == 2
 
@@ -456,3 +457,64 @@ def test_vectorised_bootstrap_gives_the_same_intervals_bit_for_bit(n, decimals, 
     only_real = np.zeros(n, dtype=int)  # one class: accuracy's interval only
     assert metrics_module.bootstrap_ci(only_real, p, n_bootstrap=50) == \
         one_replicate_at_a_time(only_real, p.astype(np.float64), n_bootstrap=50)
+
+
+# --- several figures at once, on several cores (figures.save_figures) ---------------------------
+
+def _pixels(path):
+    from PIL import Image
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+def test_figures_drawn_by_forked_processes_are_the_ones_drawn_in_one(tmp_path):
+    from deepfake_detector.figures import save_figures
+    y, p = noisy_scores(200)
+    m = compute_metrics(y, p, val_threshold=0.45, n_bootstrap=0)
+    written = {}
+    for processes in (1, 3):
+        drawings = ev.evaluation_drawings(y, p, m, tmp_path / f"p{processes}", "Test")
+        paths = save_figures(drawings, processes=processes)
+        assert paths == [stem.with_suffix(s) for stem in drawings for s in (".png", ".pdf")]
+        _assert_saved(paths, len(ev.EVALUATION_FIGURES))
+        written[processes] = paths
+    for one, forked in zip(written[1], written[3]):
+        if one.suffix == ".png":
+            np.testing.assert_array_equal(_pixels(one), _pixels(forked))
+
+
+def test_a_figure_whose_process_fails_is_drawn_again_and_its_error_raised(tmp_path):
+    import os
+    from deepfake_detector.figures import save_figures
+    parent = os.getpid()
+
+    def fails_in_a_copy():
+        if os.getpid() != parent:
+            raise RuntimeError("the copy failed")  # printed by the copy, then drawn here
+        return ev.plot_history(HISTORY)
+
+    def always_fails():
+        raise ValueError("no such figure")
+
+    paths = save_figures({tmp_path / "fine": lambda: ev.plot_history(HISTORY),
+                          tmp_path / "redrawn": fails_in_a_copy}, processes=2)
+    _assert_saved(paths, 2)
+    with pytest.raises(ValueError, match="no such figure"):
+        save_figures({tmp_path / "a": lambda: ev.plot_history(HISTORY),
+                      tmp_path / "b": always_fails}, processes=2)
+
+
+def test_figures_are_drawn_in_this_process_where_a_copy_could_not_draw(monkeypatch):
+    import sys
+    from deepfake_detector import figures
+    if not sys.platform.startswith("linux"):
+        assert figures.drawing_processes(6) == 1
+        return
+    monkeypatch.setattr(figures.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert figures.drawing_processes(6) == 4 and figures.drawing_processes(3) == 3
+    assert figures.drawing_processes(1) == 1
+    monkeypatch.setitem(sys.modules, "ipykernel", object())  # a notebook's kernel
+    assert figures.drawing_processes(6) == 1
+    monkeypatch.delitem(sys.modules, "ipykernel")
+    monkeypatch.setattr(figures.plt, "get_backend", lambda: "QtAgg")  # a window on a display
+    assert figures.drawing_processes(6) == 1
