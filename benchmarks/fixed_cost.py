@@ -29,7 +29,8 @@ CIFAKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifak
 
 
 def old_bootstrap_ci(y_true, p_fake, threshold=0.5, n_bootstrap=1000, seed=0, level=None):
-    """bootstrap_ci before issue 12, verbatim but for the names: the "before" column."""
+    """bootstrap_ci before issue 12, verbatim but for the names and its last lines (now
+    metrics.percentile_intervals, unchanged): the "before" column."""
     from deepfake_detector import metrics as ev
     level = ev.CI_LEVEL if level is None else level
     y, p = ev._check_inputs(y_true, p_fake)
@@ -45,12 +46,7 @@ def old_bootstrap_ci(y_true, p_fake, threshold=0.5, n_bootstrap=1000, seed=0, le
         if both:
             samples["roc_auc"][b] = ev.rank_roc_auc(y_b, p_b)
             samples["average_precision"][b] = ev.stepwise_average_precision(y_b, p_b)
-    tail = 100 * (1 - level) / 2
-    ci = {"accuracy": None, "roc_auc": None, "average_precision": None}
-    for name, values in samples.items():
-        lo, hi = np.percentile(values, [tail, 100 - tail])
-        ci[name] = [float(lo), float(hi)]
-    return ci
+    return ev.percentile_intervals(samples, level)
 
 
 def cifake_split(root: Path, n_per_class: int) -> Path:

@@ -278,22 +278,28 @@ def bootstrap_ci(y_true, p_fake, threshold: float = 0.5, n_bootstrap: int = 1000
     both = _has_both_classes(y)
     names = ("accuracy", "roc_auc", "average_precision") if both else ("accuracy",)
     # The replicates are drawn one by one, exactly as before (the same seed gives the same
-    # intervals, bit for bit), then scored many at a time: a Python loop per replicate cost
-    # 0.6 s per call at 4,000 images (benchmarks/fixed_cost.py).
-    picks = np.empty((n_bootstrap, y.size), dtype=np.intp)
-    for b in range(n_bootstrap):
-        # = rng.choice(idx, size=idx.size), the same draws (tested), without choice's overhead
-        picks[b] = np.concatenate([idx[rng.integers(0, idx.size, size=idx.size)]
-                                   for idx in class_indices])
+    # intervals, bit for bit), then scored a chunk at a time: a Python loop per replicate cost
+    # 0.6 s per call at 4,000 images (benchmarks/fixed_cost.py). Drawn per chunk too, so memory
+    # stays bounded however many images there are.
     samples = {name: np.empty(n_bootstrap) for name in names}
-    chunk = max(1, BOOTSTRAP_CHUNK_VALUES // max(y.size, 1))  # bounded memory at any size
+    chunk = max(1, BOOTSTRAP_CHUNK_VALUES // max(y.size, 1))
     for start in range(0, n_bootstrap, chunk):
-        rows = slice(start, start + chunk)
-        y_b, p_b = y[picks[rows]], p[picks[rows]]
+        rows = slice(start, min(start + chunk, n_bootstrap))
+        # = rng.choice(idx, size=idx.size), the same draws (tested), without choice's overhead
+        picks = np.stack([np.concatenate([idx[rng.integers(0, idx.size, size=idx.size)]
+                                          for idx in class_indices])
+                          for _ in range(rows.start, rows.stop)])
+        y_b, p_b = y[picks], p[picks]
         samples["accuracy"][rows] = np.mean(predict_fake(p_b, threshold) == y_b, axis=1)
         if both:  # sklearn's own functions re-check their inputs each call: 100x slower here
             samples["roc_auc"][rows], samples["average_precision"][rows] = \
                 ranking_metrics_rows(y_b, p_b)
+    return percentile_intervals(samples, level)
+
+
+def percentile_intervals(samples: dict, level: float = CI_LEVEL) -> dict:
+    """{accuracy, roc_auc, average_precision: [lo, hi]}: the central `level` of each metric's
+    bootstrap replicates in `samples` (None for a metric without replicates)."""
     tail = 100 * (1 - level) / 2
     ci = {"accuracy": None, "roc_auc": None, "average_precision": None}
     for name, values in samples.items():
