@@ -211,10 +211,11 @@ def resize_batch(images: torch.Tensor | list, img_size: int,
     rounded to uint8 as PIL stores it; within DEVICE_RESIZE_TOLERANCE of PIL's pixels.
     """
     device = torch.device(device)
-    if isinstance(images, torch.Tensor):
-        images = list(images) if images.shape[1:3] != (img_size, img_size) else [images]
-        if len(images) == 1 and images[0].dim() == 4:  # already the right size: one copy
-            return images[0].to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    if isinstance(images, torch.Tensor):  # one size already: a single group, no regrouping
+        pixels = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        if images.shape[1:3] == (img_size, img_size):
+            return pixels.float()
+        return pil_bilinear(pixels, img_size).contiguous(memory_format=torch.channels_last)
     out = torch.empty(len(images), 3, img_size, img_size, device=device,
                       memory_format=torch.channels_last)
     groups: dict[tuple, list[int]] = {}
