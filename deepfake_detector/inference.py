@@ -1,8 +1,8 @@
 """Use a trained run: load it, predict P(fake) for any number of images, evaluate it on a folder.
 
 A run directory is all that is needed: the checkpoint carries the weights, the image size, the
-decode mode it was trained with, the normalisation and the decision threshold. Images stream through in batches, so memory stays flat
-whether the folder holds a hundred images or a million.
+decode mode it was trained with, the normalisation and the decision threshold. Images stream
+through in batches, so memory stays flat whether the folder holds a hundred images or a million.
 """
 from __future__ import annotations
 
@@ -122,8 +122,8 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
                 failures.extend(batch[3])
             if len(indices):
                 x = normalize_batch(images, mean, std, device, on_device)
-                # Mixed precision: the head in fp32, as in training (features.head_in_fp32)
-                logits = model(x).float() if precision == "fp32" else head_in_fp32(model, x)
+                # Under mixed precision the head still runs in fp32, as in training
+                logits = head_in_fp32(model, x)
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
     with inference_pass(model, device, precision):
