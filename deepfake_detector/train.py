@@ -802,7 +802,7 @@ def save_run(run_dir: Path, model, config: TrainConfig, weights_record: dict, hi
         "weights": weights_record,
         # What the backbone computed in while the head trained; evaluate, predict and Grad-CAM
         # default to it (features.autocast_for).
-        "precision": getattr(config, "precision", "fp32"),
+        "precision": config.precision,
         # load_run rebuilds the standard head, Linear(512, 1); another head (a notebook
         # experiment) is recorded here so that loading it fails with a clear message.
         "head": repr(model.fc),
