@@ -22,8 +22,8 @@ from .progress import tqdm
 
 from . import distributed
 from .config import PRECISIONS  # stated with the settings (torch-free, for the command line)
-from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, make_loader, normalize_batch,
-                   pixel_transform, resolve_resize)
+from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, decoded_ahead, make_loader,
+                   normalize_batch, pixel_transform, resolve_resize)
 from .model import backbone_features, backbone_fingerprint
 
 # 2: images.py decodes 16-bit, float and transparent images differently; 3: the key holds the
@@ -136,9 +136,13 @@ def head_in_fp32(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model.fc(features)
 
 
-def lagged(outputs):
-    """Yield each item one step late. On a GPU, reading batch i's result back (a sync) only after
-    batch i+1 is queued keeps the GPU busy; on the CPU it changes nothing."""
+def lagged(outputs, device: torch.device):
+    """Yield each item one step late on a GPU: reading batch i's result back (a sync) only after
+    batch i+1 is queued keeps the GPU busy. On the CPU there is no queue to keep full, so the
+    items pass as they come (and only the batch being decoded ahead waits behind them)."""
+    if torch.device(device).type == "cpu":
+        yield from outputs
+        return
     previous = None
     for item in outputs:
         if previous is not None:
@@ -176,8 +180,9 @@ def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGEN
     with inference_pass(model, device, precision):
         batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device,
                                                                       on_device)))
-                   for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False))
-        on_cpu = ((indices, output.float().cpu()) for indices, output in lagged(batches))
+                   for images, _, indices in tqdm(decoded_ahead(loader), total=len(loader),
+                                                 desc=desc, unit="batch", leave=False))
+        on_cpu = ((indices, output.float().cpu()) for indices, output in lagged(batches, device))
         for indices, output in distributed.in_input_order(on_cpu):
             if features is None:
                 features = torch.empty(len(items), output.shape[1])

@@ -16,8 +16,8 @@ import torch
 from .progress import tqdm
 
 from . import distributed
-from .data import (decode_size, make_loader, normalize_batch, pixel_transform, resolve_resize,
-                   run_decode)
+from .data import (decode_size, decoded_ahead, make_loader, normalize_batch, pixel_transform,
+                   resolve_resize, run_decode)
 from .determinism import deterministic
 from .features import check_precision, head_in_fp32, inference_pass, lagged
 from .images import warn_multi_frame
@@ -116,18 +116,20 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
                          decode_size=decode_size(decode, img_size))
 
     def batches():
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        for batch in tqdm(decoded_ahead(loader), total=len(loader), desc=desc, unit="batch",
+                          leave=False):
             images, _, indices = batch[:3]
             if skip_unreadable:
                 failures.extend(batch[3])
             if len(indices):
                 x = normalize_batch(images, mean, std, device, on_device)
-                # Under mixed precision the head still runs in fp32, as in training
-                logits = head_in_fp32(model, x)
+                # fp32: the model's own forward (a notebook's model may define its own); mixed
+                # precision: the head in fp32, as in training (features.head_in_fp32)
+                logits = model(x).float() if precision == "fp32" else head_in_fp32(model, x)
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
     with inference_pass(model, device, precision):
-        on_cpu = ((indices.numpy(), output.cpu().numpy()) for indices, output in lagged(batches()))
+        on_cpu = ((indices.numpy(), output.cpu().numpy()) for indices, output in lagged(batches(), device))
         yield from distributed.in_input_order(on_cpu, failures)
 
 

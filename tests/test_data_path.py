@@ -278,3 +278,33 @@ def test_extraction_predict_plain_loop_gradcam_uploads_and_widgets_see_the_same_
     # the overlay is still drawn on the full picture, not on the reduced decode
     overlay = next((tmp_path / "cams" / "overlays").rglob("*.png"))
     assert Image.open(overlay).size == (512, 448)
+
+
+# --- decoding the next batch while the model runs (data.decoded_ahead) --------------------------
+
+def test_batches_decoded_ahead_are_the_loaders_and_its_errors_come_at_their_batch(tmp_path):
+    import threading
+    from deepfake_detector.data import decoded_ahead, make_loader, pixel_transform
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(7):
+        files.append(tmp_path / f"{i}.jpg")
+        save(files[-1], photo(rng, 48 + 8 * i, 64), quality=90)
+    items = [(f, i % 2) for i, f in enumerate(files)]
+    loader = lambda items: make_loader(items, pixel_transform(32, "pil"), batch_size=3,  # noqa: E731
+                                       num_workers=0, decode_size=32)
+    before = threading.active_count()
+    plain, ahead = list(loader(items)), list(decoded_ahead(loader(items)))
+    assert len(ahead) == len(plain) == 3
+    for (x, y, i), (x2, y2, i2) in zip(plain, ahead):
+        assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(i, i2)
+
+    (tmp_path / "broken.jpg").write_bytes(files[0].read_bytes()[:200])  # truncated
+    seen = []
+    with pytest.raises(ImageLoadError, match="broken.jpg"):
+        for batch in decoded_ahead(loader(items[:3] + [(tmp_path / "broken.jpg", 0)])):
+            seen.append(batch)
+    assert len(seen) == 1  # the first batch, then the error at the second
+    assert threading.active_count() == before  # the decoding thread is gone
+    with_workers = make_loader(items, pixel_transform(32, "pil"), batch_size=3, num_workers=1)
+    assert [b[2].tolist() for b in decoded_ahead(with_workers)] == [[0, 1, 2], [3, 4, 5], [6]]
