@@ -308,3 +308,41 @@ def test_batches_decoded_ahead_are_the_loaders_and_its_errors_come_at_their_batc
     assert threading.active_count() == before  # the decoding thread is gone
     with_workers = make_loader(items, pixel_transform(32, "pil"), batch_size=3, num_workers=1)
     assert [b[2].tolist() for b in decoded_ahead(with_workers)] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+HUGE_PAGE_PROBE = """
+import os, sys
+before = os.environ.get("THP_MEM_ALLOC_ENABLE")
+import deepfake_detector, torch
+def huge_kb():
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+start = huge_kb()
+activations = torch.ones(64, 64, 112, 112)  # 205 MB: ResNet-18's first activation at batch 64
+print(before, os.environ.get("THP_MEM_ALLOC_ENABLE"), huge_kb() - start)
+"""
+
+
+@pytest.mark.parametrize("preset, on_huge_pages", [(None, True), ("0", False)])
+def test_large_cpu_tensors_sit_on_huge_pages_unless_the_user_says_no(preset, on_huge_pages):
+    """Importing the package asks PyTorch for transparent huge pages (THP_MEM_ALLOC_ENABLE): a
+    205 MB tensor then mostly sits on 2 MB pages; a value already in the environment wins."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[madvise]" not in thp.read_text():
+        pytest.skip("needs Linux with transparent huge pages in madvise mode (as PyTorch asks)")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    done = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE], env=env, capture_output=True,
+                          text=True, check=True)
+    before, after, huge_kb = done.stdout.split()
+    assert before == str(preset)
+    assert after == (preset or "1")
+    if on_huge_pages:
+        assert int(huge_kb) >= 150 * 1024, f"only {huge_kb} kB of 205 MB on huge pages"
+    else:
+        assert int(huge_kb) == 0
