@@ -45,6 +45,7 @@ import platform
 import pstats
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,7 +119,19 @@ def machine(device: torch.device) -> dict:
               "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(device)
+    record["huge_pages"] = huge_pages()
     return record
+
+
+def huge_pages() -> str:
+    """Whether PyTorch puts large CPU tensors on transparent huge pages (the package turns it on:
+    deepfake_detector/__init__.py), and whether this kernel lets it."""
+    asked = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
+    system = "unknown"
+    with contextlib.suppress(OSError):
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        system = text[text.index("[") + 1:text.index("]")]
+    return f"{'on' if asked else 'off'} (kernel: {system})"
 
 
 def synchronize(device: torch.device) -> None:
@@ -216,6 +229,34 @@ def raw_forward(model, n_images: int, batch_size: int, img_size: int, device) ->
     return n_batches * batch_size / (time.perf_counter() - start)
 
 
+def beside_raw_forward(tasks: dict, rounds: int, forward) -> dict:
+    """Each task (round -> images/s) `rounds` times, with the raw forward measured before the first
+    and after every task: each figure's ratio is to the mean of the raw forwards on either side of
+    it. This machine's speed drifts by up to 20% from one minute to the next (CPU time with it),
+    so one raw forward against one pass measured minutes apart says more about the drift than
+    about the pass; the median over the rounds says about the pass."""
+    forwards = [forward()]
+    figures = {name: {"rates": [], "ratios": []} for name in tasks}
+    for round_ in range(rounds):
+        for name, task in tasks.items():
+            rate = task(round_)
+            forwards.append(forward())
+            figures[name]["rates"].append(rate)
+            figures[name]["ratios"].append(rate / ((forwards[-2] + forwards[-1]) / 2))
+    for figure in figures.values():
+        figure["rate"] = statistics.median(figure["rates"])
+        figure["ratio"] = statistics.median(figure["ratios"])
+    return {"tasks": figures, "forwards": forwards, "forward": statistics.median(forwards),
+            "rounds": rounds}
+
+
+def ratio_text(figure: dict) -> str:
+    """'0.86x (0.81-0.90)': the median ratio over the rounds, and their range when more than one."""
+    ratios = figure["ratios"]
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+    return f"{figure['ratio']:.2f}x{spread}"
+
+
 def extraction(model, items, args, device, cache_dir: Path) -> float:
     """Images/s of cached_features on a cold cache, everything included, decoded as train()
     decodes by default (TrainConfig.decode)."""
@@ -279,8 +320,8 @@ def predict_child(run_dir: str, folder: str, batch_size: int, device: str, num_w
 
 
 def data_path(model, items, run_dir: str, predict_folder: Path, args, device, work: Path) -> dict:
-    """Extraction for each decode mode x resize place, and predict for each decode mode, each
-    beside the raw forward, in alternation (so a change in the machine's load hits all alike)."""
+    """Extraction for each decode mode x resize place, and predict for each decode mode, in
+    alternating rounds, each beside the raw forward measured just before and just after it."""
     import shutil
     from deepfake_detector.features import cached_features
     runs = {}
@@ -291,47 +332,51 @@ def data_path(model, items, run_dir: str, predict_folder: Path, args, device, wo
         checkpoint["decode"] = decode
         torch.save(checkpoint, runs[decode] / "checkpoint.pt")
     items = items[:args.data_path_images]
-    figures = {"forward": [], "extraction": {}, "predict": {}}
-    for round_ in range(args.data_path_rounds):
-        for decode in ("full", "draft"):
-            for resize in ("pil", "device"):
-                start = time.perf_counter()
-                cached_features(model, items, args.img_size, batch_size=args.batch_size,
-                                cache_dir=work / f"cache-dp-{round_}-{decode}-{resize}",
-                                device=device, num_workers=args.num_workers, decode=decode,
-                                resize=resize, log=lambda message: None)
-                synchronize(device)
-                rate = len(items) / (time.perf_counter() - start)
-                figures["extraction"].setdefault(f"{decode}+{resize}", []).append(rate)
-            figures["forward"].append(raw_forward(model, args.forward_images, args.batch_size,
-                                                  args.img_size, device))
-            figures["predict"].setdefault(decode, []).append(
-                predict_in_child(str(runs[decode]), predict_folder, args)["images_per_s"])
-        print(f"data path round {round_ + 1}: " + ", ".join(
-            f"extraction {k} {v[-1]:.1f}" for k, v in figures["extraction"].items())
-            + ", predict " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in figures["predict"].items())
-            + f", raw forward {figures['forward'][-1]:.1f} img/s", flush=True)
-    best = lambda rates: max(rates)  # noqa: E731  the least disturbed of the rounds
-    return {"n_images": len(items), "rounds": args.data_path_rounds,
-            "raw_forward": best(figures["forward"]),
-            "extraction": {k: best(v) for k, v in figures["extraction"].items()},
-            "predict": {k: best(v) for k, v in figures["predict"].items()},
-            "all": figures, "load": os.getloadavg()}
+
+    def extract(decode, resize):
+        def task(round_):
+            start = time.perf_counter()
+            cached_features(model, items, args.img_size, batch_size=args.batch_size,
+                            cache_dir=work / f"cache-dp-{round_}-{decode}-{resize}",
+                            device=device, num_workers=args.num_workers, decode=decode,
+                            resize=resize, log=lambda message: None)
+            synchronize(device)
+            return len(items) / (time.perf_counter() - start)
+        return task
+
+    def predict(decode):
+        return lambda round_: predict_in_child(str(runs[decode]), predict_folder, args)["images_per_s"]
+
+    tasks = {f"extraction {decode}+{resize}": extract(decode, resize)
+             for decode in ("full", "draft") for resize in ("pil", "device")}
+    tasks.update({f"predict {decode}": predict(decode) for decode in ("full", "draft")})
+    # The raw forward over as many images as the extraction: the same time scale of drift.
+    figures = beside_raw_forward(tasks, args.data_path_rounds, lambda: raw_forward(
+        model, len(items), args.batch_size, args.img_size, device))
+    for name, figure in figures["tasks"].items():
+        print(f"data path {name}: " + ", ".join(f"{rate:.1f}" for rate in figure["rates"])
+              + f" img/s, ratio {ratio_text(figure)}", flush=True)
+    return {"n_images": len(items), "predict_images": count_images(predict_folder),
+            **figures, "load": os.getloadavg()}
+
+
+def count_images(folder: Path) -> int:
+    return sum(1 for path in Path(folder).rglob("*") if path.is_file())
 
 
 def data_path_report(d: dict, what: str) -> list[str]:
-    forward = d["raw_forward"]
-    lines = ["", f"data path: {d['n_images']} {what} (extraction), best of {d['rounds']} "
-             f"alternating rounds; load {d['load'][0]:.2f} {d['load'][1]:.2f} {d['load'][2]:.2f}",
-             f"{'':40} {'images/s':>12}   {'ratio':>8}   target",
-             f"{'raw forward (backbone), images/s':40} {forward:12.1f}"]
-    for key, rate in d["extraction"].items():
-        decode, resize = key.split("+")
-        lines.append(f"{f'extraction, {decode} decode, {resize} resize':40} {rate:12.1f}   "
-                     f"{rate / forward:7.2f}x   >= 0.85x raw forward")
-    for decode, rate in d["predict"].items():
-        lines.append(f"{f'predict, {decode} decode (resize auto)':40} {rate:12.1f}   "
-                     f"{rate / forward:7.2f}x   >= 0.85x raw forward")
+    lines = ["", f"data path: {d['n_images']} {what} (extraction; predict over "
+             f"{d['predict_images']}), median of {d['rounds']} alternating rounds, each beside the "
+             f"raw forward just before and after it; load {d['load'][0]:.2f} {d['load'][1]:.2f} "
+             f"{d['load'][2]:.2f}",
+             f"{'':40} {'images/s':>12}   {'ratio (range)':>16}   target",
+             f"{'raw forward (backbone), images/s':40} {d['forward']:12.1f}"]
+    for name, figure in d["tasks"].items():
+        what_, mode = name.split(" ", 1)
+        label = (f"extraction, {mode.split('+')[0]} decode, {mode.split('+')[1]} resize"
+                 if what_ == "extraction" else f"predict, {mode} decode (resize auto)")
+        lines.append(f"{label:40} {figure['rate']:12.1f}   {ratio_text(figure):>16}   "
+                     ">= 0.85x raw forward")
     return lines
 
 
@@ -412,17 +457,20 @@ def sweep(model, items, args, device) -> list[dict]:
 
 def report(r: dict) -> str:
     m, a, c, p, q = r["machine"], r["args"], r["cached"], r["plain"], r["predict"]
+    e, x = r["extraction"], r["extraction"]["tasks"]["extraction"]
+    ps = r["predict_speed"]
     lines = [
         f"deepfake-detector train_speed  {m['date']}  {m['cpu']} ({m['cores']} cores, "
-        f"{m['torch_threads']} torch threads)  {m.get('gpu', m['device'])}  torch {m['torch']}",
+        f"{m['torch_threads']} torch threads)  {m.get('gpu', m['device'])}  torch {m['torch']}  "
+        f"huge pages {m.get('huge_pages', 'unknown')}",
         f"{a['n_images']} {r['what']} ({r['n_train']} train / {r['n_val']} val) at "
         f"{a['img_size']} px, batch {a['batch_size']}, workers {r['num_workers']}, "
         f"weights {r['weights']}",
         "",
-        f"{'':40} {'value':>12}   {'ratio':>8}   target",
-        f"{'raw forward (backbone), images/s':40} {r['raw_forward']:12.1f}",
-        f"{'extraction (cold cache), images/s':40} {r['extraction']:12.1f}   "
-        f"{r['extraction'] / r['raw_forward']:7.2f}x   >= 0.85x raw forward",
+        f"{'':40} {'value':>12}   {'ratio (range)':>16}   target",
+        f"{'raw forward (backbone), images/s':40} {e['forward']:12.1f}",
+        f"{'extraction (cold cache), images/s':40} {x['rate']:12.1f}   {ratio_text(x):>16}   "
+        f">= 0.85x raw forward (median of {e['rounds']}, each beside the raw forward around it)",
     ]
     if p is not None:
         lines += ["", f"{a['epochs']} epochs, end to end ({c['epochs_run']} run)"
@@ -440,10 +488,10 @@ def report(r: dict) -> str:
         lines += ["", f"{a['epochs']} epochs, cached: train() {c['wall_s']:.1f} s (plain loop skipped)"]
     lines += [
         "",
-        f"{'raw forward, just before predict':40} {r['predict_forward']:12.1f}",
+        f"{'raw forward, just before and after':40} "
+        f"{' / '.join(f'{f:.1f}' for f in ps['forwards']):>12}",
         f"{'predict, images/s':40} {q['images_per_s']:12.1f}   "
-        f"{q['images_per_s'] / r['predict_forward']:7.2f}x   >= 0.85x raw forward "
-        f"({q['n_images']} images)",
+        f"{ratio_text(ps['tasks']['predict']):>16}   >= 0.85x raw forward ({q['n_images']} images)",
         f"{'predict peak RSS, MB':40} {q['peak_rss_mb']:12.0f}{'':14}< 2048 MB",
         f"{'predict peak PSS with its workers, MB':40} "
         f"{fmt(r['predict_memory']['peak_pss_with_workers_mb'], '12.0f')}"
@@ -486,6 +534,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-path-images", type=int, default=400,
                         help="images per data-path extraction (decode x resize); 0: skip it")
     parser.add_argument("--data-path-rounds", type=int, default=2)
+    parser.add_argument("--extraction-rounds", type=int, default=3,
+                        help="cold-cache extractions of the training images, each beside the raw "
+                             "forward before and after it (the median is reported)")
     parser.add_argument("--n-images", type=int, default=4000, help="balanced subset, 80/20 split")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=10)
@@ -552,11 +603,16 @@ def main(argv=None) -> dict:
         model = build_model(weights, seed=args.seed)[0].to(device)
         print(f"{result['n_train']} + {result['n_val']} images split into {data_dir}", flush=True)
 
-        result["raw_forward"] = raw_forward(model, args.forward_images, args.batch_size,
-                                            args.img_size, device)
-        result["extraction"] = extraction(model, train_items, args, device, work / "cache-extraction")
-        print(f"raw forward {result['raw_forward']:.1f} img/s, extraction "
-              f"{result['extraction']:.1f} img/s", flush=True)
+        forward = lambda: raw_forward(model, args.forward_images, args.batch_size,  # noqa: E731
+                                      args.img_size, device)
+        result["extraction"] = beside_raw_forward(
+            {"extraction": lambda round_: extraction(model, train_items, args, device,
+                                                     work / f"cache-extraction-{round_}")},
+            args.extraction_rounds, forward)
+        figure = result["extraction"]["tasks"]["extraction"]
+        print(f"raw forward {', '.join(f'{f:.1f}' for f in result['extraction']['forwards'])} "
+              f"img/s, extraction {', '.join(f'{r:.1f}' for r in figure['rates'])} img/s: "
+              f"{ratio_text(figure)}", flush=True)
         if args.profile:
             result["profile"] = profile_extraction(model, train_items, args, device, work / "cache-profile")
         if args.sweep:
@@ -571,10 +627,13 @@ def main(argv=None) -> dict:
             print(f"plain: {result['plain']['wall_s']:.1f} s", flush=True)
         result["peak_rss_mb"] = peak_rss_mb()
 
-        # The raw forward again, just before: the machine's speed drifts during a long run.
-        result["predict_forward"] = raw_forward(model, args.forward_images, args.batch_size,
-                                                args.img_size, device)
-        result["predict"] = predict_in_child(result["cached"]["run_dir"], predict_folder, args)
+        # Beside the raw forward just before and after it: the machine's speed drifts.
+        children = []
+        result["predict_speed"] = beside_raw_forward(
+            {"predict": lambda round_: children.append(predict_in_child(
+                result["cached"]["run_dir"], predict_folder, args)) or children[-1]["images_per_s"]},
+            1, forward)
+        result["predict"] = children[-1]
         result["predict_memory"] = predict_in_child(result["cached"]["run_dir"], memory_folder,
                                                     args, pss=True)
         result["data_path"] = None
