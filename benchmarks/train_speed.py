@@ -15,17 +15,19 @@ Krizhevsky 2009), split 80/20 into a temporary folder by deepfake_detector.split
     raw forward       ResNet-18's backbone on pre-made tensors (channels-last, inference mode, AMP on
                       CUDA, same batch size): the speed limit of any pass over images
     extraction        cached_features on the training images, cold cache: hashing the files, the
-                      backbone fingerprint, decoding, resizing, the forward pass, writing the cache
+                      backbone fingerprint, decoding, resizing, the forward pass, writing the cache;
+                      --extraction-rounds times, each beside the raw forward just before and after
+                      it (this machine's speed drifts by up to 20% a minute): the median ratio
     training          train() end to end, N epochs, cached features (cold cache, extraction
                       included) against the plain loop (every image through the backbone every epoch)
     predict           predict_to_file over --predict-images files into a CSV (what `predict --out`
                       does), in a child process of its own so its peak resident memory is its own,
-                      against a raw forward measured just before it; its memory with its workers
+                      beside the raw forward just before and after it; its memory with its workers
                       (PSS) in a second, shorter child, as sampling it slows predict
     data path         extraction (cold cache) with the JPEGs decoded in full or at reduced size
                       (draft), each resized per image by PIL or per batch on the device, and predict
                       with the run's checkpoint set to each decode mode: images/s and the ratio to
-                      the raw forward, side by side, measured in alternation
+                      the raw forward just before and after each, medians of alternating rounds
 
 `--data photos`: instead of CIFAKE's 32 px files, megapixel JPEG photos made from them (each
 CIFAKE image upscaled to 1280 x 1024 with bicubic, plus film grain and a soft vignette so that
