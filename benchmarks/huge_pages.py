@@ -26,7 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without install
+sys.path.insert(0, str(HERE))
 
 CONFIGURATIONS = {
     "4 kB pages": {"THP_MEM_ALLOC_ENABLE": "0"},
@@ -38,26 +40,19 @@ CONFIGURATIONS = {
 
 
 def child(images: int, batch_size: int, img_size: int) -> None:
-    """One configuration: a warm-up batch, then `images` images of raw forward, timed."""
-    import time
-
+    """One configuration: train_speed's raw forward over `images` images, after a pass that warms
+    the process up; CPU time per batch over the timed pass (its own warm-up batch included)."""
     import torch
+    from deepfake_detector.model import build_model
+    from train_speed import raw_forward
 
-    from deepfake_detector.features import inference_pass
-    from deepfake_detector.model import backbone_features, build_model
-    model = build_model("none", seed=0)[0]
-    batch = torch.randn(batch_size, 3, img_size, img_size).contiguous(
-        memory_format=torch.channels_last)
-    n_batches = max(1, images // batch_size)
-    with inference_pass(model, torch.device("cpu")):
-        backbone_features(model, batch)
-        cpu, start = os.times(), time.perf_counter()
-        for _ in range(n_batches):
-            backbone_features(model, batch)
-        seconds, after = time.perf_counter() - start, os.times()
-    print(json.dumps({"images_per_s": n_batches * batch_size / seconds,
-                      "user_s": (after.user - cpu.user) / n_batches,
-                      "system_s": (after.system - cpu.system) / n_batches}))
+    model, cpu = build_model("none", seed=0)[0], torch.device("cpu")
+    raw_forward(model, batch_size, batch_size, img_size, cpu)
+    before = os.times()
+    rate = raw_forward(model, images, batch_size, img_size, cpu)
+    after, n_batches = os.times(), max(1, images // batch_size) + 1
+    print(json.dumps({"images_per_s": rate, "user_s": (after.user - before.user) / n_batches,
+                      "system_s": (after.system - before.system) / n_batches}))
 
 
 def run(configuration: dict, args) -> dict:
@@ -83,10 +78,10 @@ def main(argv=None) -> dict:
         return child(args.images, args.batch_size, args.img_size)
     if args.quick:
         args.rounds, args.img_size = 2, 112
-    kernel = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    print(f"transparent huge pages (kernel): {kernel.read_text().strip() if kernel.exists() else 'none'}"
-          f"; {os.cpu_count()} cores; {args.images} images a pass, batch {args.batch_size}, "
-          f"{args.img_size} px, {args.rounds} alternating rounds", flush=True)
+    from train_speed import kernel_huge_pages
+    print(f"transparent huge pages (kernel): {kernel_huge_pages()}; {os.cpu_count()} cores; "
+          f"{args.images} images a pass, batch {args.batch_size}, {args.img_size} px, "
+          f"{args.rounds} alternating rounds", flush=True)
     figures = {name: [] for name in CONFIGURATIONS}
     for round_ in range(args.rounds):
         for name, configuration in CONFIGURATIONS.items():

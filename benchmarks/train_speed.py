@@ -129,11 +129,16 @@ def huge_pages() -> str:
     """Whether PyTorch puts large CPU tensors on transparent huge pages (the package turns it on:
     deepfake_detector/__init__.py), and whether this kernel lets it."""
     asked = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
-    system = "unknown"
-    with contextlib.suppress(OSError):
+    return f"{'on' if asked else 'off'} (kernel: {kernel_huge_pages()})"
+
+
+def kernel_huge_pages() -> str:
+    """The kernel's transparent-huge-page mode: always, madvise (PyTorch's switch asks by
+    madvise), never; "unknown" off Linux."""
+    with contextlib.suppress(OSError, ValueError):
         text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-        system = text[text.index("[") + 1:text.index("]")]
-    return f"{'on' if asked else 'off'} (kernel: {system})"
+        return text[text.index("[") + 1:text.index("]")]
+    return "unknown"
 
 
 def synchronize(device: torch.device) -> None:
@@ -349,21 +354,18 @@ def data_path(model, items, run_dir: str, predict_folder: Path, args, device, wo
     def predict(decode):
         return lambda round_: predict_in_child(str(runs[decode]), predict_folder, args)["images_per_s"]
 
-    tasks = {f"extraction {decode}+{resize}": extract(decode, resize)
+    tasks = {f"extraction, {decode} decode, {resize} resize": extract(decode, resize)
              for decode in ("full", "draft") for resize in ("pil", "device")}
-    tasks.update({f"predict {decode}": predict(decode) for decode in ("full", "draft")})
+    tasks.update({f"predict, {decode} decode (resize auto)": predict(decode)
+                  for decode in ("full", "draft")})
     # The raw forward over as many images as the extraction: the same time scale of drift.
     figures = beside_raw_forward(tasks, args.data_path_rounds, lambda: raw_forward(
         model, len(items), args.batch_size, args.img_size, device))
     for name, figure in figures["tasks"].items():
-        print(f"data path {name}: " + ", ".join(f"{rate:.1f}" for rate in figure["rates"])
+        print(f"data path, {name}: " + ", ".join(f"{rate:.1f}" for rate in figure["rates"])
               + f" img/s, ratio {ratio_text(figure)}", flush=True)
-    return {"n_images": len(items), "predict_images": count_images(predict_folder),
-            **figures, "load": os.getloadavg()}
-
-
-def count_images(folder: Path) -> int:
-    return sum(1 for path in Path(folder).rglob("*") if path.is_file())
+    return {"n_images": len(items), "predict_images": args.predict_images, **figures,
+            "load": os.getloadavg()}
 
 
 def data_path_report(d: dict, what: str) -> list[str]:
@@ -374,10 +376,7 @@ def data_path_report(d: dict, what: str) -> list[str]:
              f"{'':40} {'images/s':>12}   {'ratio (range)':>16}   target",
              f"{'raw forward (backbone), images/s':40} {d['forward']:12.1f}"]
     for name, figure in d["tasks"].items():
-        what_, mode = name.split(" ", 1)
-        label = (f"extraction, {mode.split('+')[0]} decode, {mode.split('+')[1]} resize"
-                 if what_ == "extraction" else f"predict, {mode} decode (resize auto)")
-        lines.append(f"{label:40} {figure['rate']:12.1f}   {ratio_text(figure):>16}   "
+        lines.append(f"{name:40} {figure['rate']:12.1f}   {ratio_text(figure):>16}   "
                      ">= 0.85x raw forward")
     return lines
 
@@ -630,12 +629,12 @@ def main(argv=None) -> dict:
         result["peak_rss_mb"] = peak_rss_mb()
 
         # Beside the raw forward just before and after it: the machine's speed drifts.
-        children = []
-        result["predict_speed"] = beside_raw_forward(
-            {"predict": lambda round_: children.append(predict_in_child(
-                result["cached"]["run_dir"], predict_folder, args)) or children[-1]["images_per_s"]},
-            1, forward)
-        result["predict"] = children[-1]
+        result["predict"] = {}
+
+        def predict(round_):
+            result["predict"] = predict_in_child(result["cached"]["run_dir"], predict_folder, args)
+            return result["predict"]["images_per_s"]
+        result["predict_speed"] = beside_raw_forward({"predict": predict}, 1, forward)
         result["predict_memory"] = predict_in_child(result["cached"]["run_dir"], memory_folder,
                                                     args, pss=True)
         result["data_path"] = None

@@ -71,9 +71,9 @@ def save_figures(drawings: dict, processes: int | None = None) -> list[Path]:
 
     Matplotlib draws in Python, on one core: a run's six figures took 2.3-3.6 s on one core of a
     2-core test machine, most of a run's cost after training (benchmarks/fixed_cost.py). So the
-    figures are split among `processes`
-    (default drawing_processes) forked copies of this process, which share its memory and so
-    start in milliseconds (PyTorch's DataLoader forks its workers the same way). This process
+    figures are split among `processes` (default drawing_processes) forked copies of this
+    process, which share its memory and so start in milliseconds (PyTorch's DataLoader forks its
+    workers the same way). This process
     draws the first share itself; a share whose process fails is drawn again here, where its
     error, if it has one, is raised."""
     jobs = [(Path(stem), draw) for stem, draw in drawings.items()]

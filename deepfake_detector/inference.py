@@ -129,7 +129,8 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
     with inference_pass(model, device, precision):
-        on_cpu = ((indices.numpy(), output.cpu().numpy()) for indices, output in lagged(batches(), device))
+        on_cpu = ((indices.numpy(), output.cpu().numpy())
+                  for indices, output in lagged(batches(), device))
         yield from distributed.in_input_order(on_cpu, failures)
 
 
