@@ -33,8 +33,9 @@ demo: $(BIN)/.installed
 	$(BIN)/python -m deepfake_detector notebook --parameter WEIGHTS '"imagenet-or-none"' \
 		--parameter EXERCISES False
 
+# --durations=15: the 15 slowest tests, so that a slow new one shows up where it is added.
 test: $(BIN)/.installed-test
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 # The web app on the synthetic demo run (trained first, about a minute; reused after that):
 # http://127.0.0.1:8501. With your own run: .venv/bin/python -m deepfake_detector app --run RUN

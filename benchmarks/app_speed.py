@@ -36,12 +36,14 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
+from deepfake_detector.huge_pages import prefer_huge_pages  # noqa: E402
 from deepfake_detector import uploads  # noqa: E402
 from deepfake_detector.demo_data import make_fake, make_real  # noqa: E402
-from deepfake_detector.inference import load_run  # noqa: E402
+from deepfake_detector.run_dir import load_run  # noqa: E402
+
+prefer_huge_pages()  # as the app, started by the command line, runs
 
 
 def photo_like(index: int, side: int) -> np.ndarray:

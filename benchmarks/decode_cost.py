@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_speed import CIFAKE_DEV, class_files, photo_from  # noqa: E402
+from bench_common import CIFAKE_DEV, class_files, photo_from  # noqa: E402
 
 
 def cpu_ms_per_image(function, items, repeats: int) -> float:

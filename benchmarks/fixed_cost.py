@@ -33,10 +33,10 @@ def old_bootstrap_ci(y_true, p_fake, threshold=0.5, n_bootstrap=1000, seed=0, le
     metrics.percentile_intervals, unchanged): the "before" column."""
     from deepfake_detector import metrics as ev
     level = ev.CI_LEVEL if level is None else level
-    y, p = ev._check_inputs(y_true, p_fake)
+    y, p = ev.check_inputs(y_true, p_fake)
     rng = np.random.default_rng(seed)
     class_indices = [idx for idx in (np.flatnonzero(y == 0), np.flatnonzero(y == 1)) if idx.size]
-    both = ev._has_both_classes(y)
+    both = ev.has_both_classes(y)
     names = ("accuracy", "roc_auc", "average_precision") if both else ("accuracy",)
     samples = {name: np.empty(n_bootstrap) for name in names}
     for b in range(n_bootstrap):
@@ -51,7 +51,8 @@ def old_bootstrap_ci(y_true, p_fake, threshold=0.5, n_bootstrap=1000, seed=0, le
 
 def cifake_split(root: Path, n_per_class: int) -> Path:
     """n_per_class real + fake cifake-dev images (symbolic links, nothing copied), split 80/20."""
-    from deepfake_detector.split import find_images, split_dataset
+    from deepfake_detector.discovery import find_images
+    from deepfake_detector.split import split_dataset
     for name in ("real", "fake"):
         (root / "raw" / name).mkdir(parents=True)
         for path in find_images(CIFAKE / name)[:n_per_class]:
@@ -77,9 +78,10 @@ def main(argv=None) -> dict:
     from deepfake_detector.report import write_report
     from deepfake_detector.tables import metrics_table_rows, write_table
     from deepfake_detector.features import cached_features
+    from deepfake_detector.preprocessing import Preprocessing
     from deepfake_detector.figures import drawing_processes, save_figures
     from deepfake_detector.probe import fit_probe
-    from deepfake_detector.split import list_split, split_groups
+    from deepfake_detector.split_read import list_split, split_groups
     from deepfake_detector.train import TrainConfig, run_drawings, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -102,8 +104,8 @@ def main(argv=None) -> dict:
         threshold = choose_threshold(labels, p)
         figures = work / "figures"
         # The run's own features, from the feature cache it filled (no second extraction).
-        from_cache = dict(img_size=args.img_size, cache_dir=work / "cache", num_workers=0,
-                          log=lambda m: None)
+        from_cache = dict(prep=Preprocessing.from_config(run.config), cache_dir=work / "cache",
+                          num_workers=0, log=lambda m: None)
         train_items = list_split(data, "train")
         train_x = cached_features(run.model, train_items, **from_cache).numpy()
         train_y = np.array([y for _, y in train_items])

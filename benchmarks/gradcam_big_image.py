@@ -48,7 +48,10 @@ def child(image: Path, out: Path, max_side: int) -> None:
     model = build_model("none", seed=0)[0]
     start = time.perf_counter()
     if max_side:
-        explain_images(model, [image], out, img_size=224, max_side=max_side)
+        from deepfake_detector.explain import ExplainOptions
+        from deepfake_detector.preprocessing import Preprocessing
+        explain_images(model, [image], out, Preprocessing(224, decode="full"),
+                       options=ExplainOptions(max_side=max_side))
     else:  # a checkout from before the cap (--before): its own signature
         explain_images(model, [image], out, img_size=224)
     seconds = time.perf_counter() - start

@@ -24,11 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a checkout without install
-sys.path.insert(0, str(HERE))
 
 CONFIGURATIONS = {
     "4 kB pages": {"THP_MEM_ALLOC_ENABLE": "0"},
@@ -40,11 +36,11 @@ CONFIGURATIONS = {
 
 
 def child(images: int, batch_size: int, img_size: int) -> None:
-    """One configuration: train_speed's raw forward over `images` images, after a pass that warms
+    """One configuration: bench_common's raw forward over `images` images, after a pass that warms
     the process up; CPU time per batch over the timed pass (its own warm-up batch included)."""
+    from bench_common import raw_forward  # first: it puts the checkout's package on the path
     import torch
     from deepfake_detector.model import build_model
-    from train_speed import raw_forward
 
     model, cpu = build_model("none", seed=0)[0], torch.device("cpu")
     raw_forward(model, batch_size, batch_size, img_size, cpu)
@@ -78,7 +74,7 @@ def main(argv=None) -> dict:
         return child(args.images, args.batch_size, args.img_size)
     if args.quick:
         args.rounds, args.img_size = 2, 112
-    from train_speed import kernel_huge_pages
+    from bench_common import kernel_huge_pages
     print(f"transparent huge pages (kernel): {kernel_huge_pages()}; {os.cpu_count()} cores; "
           f"{args.images} images a pass, batch {args.batch_size}, {args.img_size} px, "
           f"{args.rounds} alternating rounds", flush=True)

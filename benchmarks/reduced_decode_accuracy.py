@@ -22,16 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_speed import CIFAKE_DEV, PHOTO_SIZE, make_photo_set  # noqa: E402
+from bench_common import CIFAKE_DEV, PHOTO_SIZE, make_photo_set  # noqa: E402
 
 
 def synthetic_photos(n_per_class: int, work: Path, seed: int) -> Path:

@@ -31,10 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a checkout without install
-sys.path.insert(0, str(HERE))
-from train_speed import CIFAKE_DEV, machine, make_predict_folder, make_split  # noqa: E402
+from bench_common import CIFAKE_DEV, machine, make_predict_folder, make_split  # noqa: E402
 
 QUICK = dict(n_images=96, img_size=64, repeats=1)
 

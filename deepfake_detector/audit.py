@@ -41,7 +41,8 @@ from .tables import markdown_table, write_table
 from .figures import paper_style, plt, save_figure
 from .images import regular_file_problem
 from .manifest import recording
-from .split import SPLITS, inspect_image, list_labelled_folder, read_manifest
+from .discovery import inspect_image
+from .split_read import SPLITS, list_labelled_folder, read_split_manifest
 
 # When a difference becomes a flag.
 DOMINANT_SHARE, RARE_SHARE = 0.8, 0.2  # a value on >= 80% of one class and < 20% of the other
@@ -114,7 +115,7 @@ def image_records(data_dir) -> tuple[list[dict], str, list[dict]]:
     if not data_dir.is_dir():
         raise FileNotFoundError(f"Data folder {data_dir} does not exist.")
     if (data_dir / "split.csv").is_file():
-        records = [{**row, "path": str(data_dir / row["path"])} for row in read_manifest(data_dir)]
+        records = [{**row, "path": str(data_dir / row["path"])} for row in read_split_manifest(data_dir)]
         missing = []
         for record in records:
             problem = regular_file_problem(record["path"])

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .config import (PRECISIONS, TrainConfig, positive_float_or_find,  # noqa: F401 (re-exported)
                      positive_int)
+from .huge_pages import prefer_huge_pages
 from .serve import MissingExtraError
 
 
@@ -155,6 +156,11 @@ def run_extract(args):
     return files
 
 
+# What lr-find takes of a run's settings, besides --data and --no-standardize.
+LR_FIND_SETTINGS = ("weights", "img_size", "batch_size", "seed", "decode", "resize", "precision",
+                    "cache_dir", "device", "num_workers")
+
+
 def add_lr_find(commands):
     p = commands.add_parser("lr-find", help="sweep the head's learning rate on cached features")
     p.add_argument("--data", default="data", help="folder with train/ (and val/)")
@@ -171,11 +177,9 @@ def add_lr_find(commands):
 
 def run_lr_find(args):
     from .lr_find import lr_find_on_data
-    result = lr_find_on_data(args.data, args.weights, args.out, img_size=args.img_size,
-                             batch_size=args.batch_size, standardize=not args.no_standardize,
-                             seed=args.seed, cache_dir=args.cache_dir, device=args.device,
-                             num_workers=args.num_workers, decode=args.decode, resize=args.resize,
-                             precision=args.precision)
+    config = TrainConfig(data_dir=args.data, standardize=not args.no_standardize,
+                         **{name: getattr(args, name) for name in LR_FIND_SETTINGS})
+    result = lr_find_on_data(config, args.out)
     print(f"suggested learning rate {result.suggestion:.3g} (lowest loss at "
           f"{result.min_loss_lr:.3g}); sweep and plot in {args.out}")
     return result
@@ -201,10 +205,10 @@ def add_evaluate(commands):
 
 def run_evaluate(args):
     from . import distributed
-    from .inference import evaluate_run
+    from .inference import Numerics, evaluate_run
     metrics = evaluate_run(args.run, args.data, args.split, args.out, args.batch_size,
                            args.device, log=lambda m: print(m, file=sys.stderr),
-                           precision=args.precision, deterministic_kernels=args.deterministic)
+                           numerics=Numerics(args.precision, args.deterministic))
     if distributed.is_main():  # under torchrun the other ranks only ran their share
         print(json.dumps(metrics, indent=2))
     return metrics
@@ -225,15 +229,15 @@ def add_predict(commands):
 def run_predict(args):
     from . import distributed
     from .predictions import write_prediction_rows
-    from .inference import iter_predictions, predict_to_file
+    from .inference import Numerics, iter_predictions, predict_to_file
+    numerics = Numerics(args.precision, args.deterministic)
     if args.out:  # streamed to the file batch by batch: flat memory for any number of images
         n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device,
-                            precision=args.precision, deterministic_kernels=args.deterministic)
+                            numerics=numerics)
         if distributed.is_main():
             print(f"{n} predictions written to {args.out}", file=sys.stderr)
         return n
-    rows = iter_predictions(args.run, args.paths, args.batch_size, args.device,
-                            precision=args.precision, deterministic_kernels=args.deterministic)
+    rows = iter_predictions(args.run, args.paths, args.batch_size, args.device, numerics=numerics)
     if not distributed.is_main():  # this rank's share goes to rank 0, which prints them all
         return sum(1 for _ in rows)
     return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
@@ -259,10 +263,11 @@ def add_gradcam(commands):
 
 def run_gradcam(args):
     from .explain import explain_run
+    from .inference import Numerics
     summary = explain_run(args.run, args.images, args.out, target=args.target,
                           masks_dir=args.masks, max_images=args.max_images,
                           batch_size=args.batch_size, device=args.device,
-                          precision=args.precision, deterministic_kernels=args.deterministic)
+                          numerics=Numerics(args.precision, args.deterministic))
     print(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -384,11 +389,12 @@ def add_finetune(commands):
 
 
 def run_finetune(args):
-    from .finetune import finetune_layer4
-    out = finetune_layer4(args.run, args.out, lr=args.lr, head_lr=args.head_lr,
-                          epochs=args.epochs, patience=args.patience,
-                          batch_size=args.batch_size, cache_layer3=not args.no_layer3_cache,
-                          device=args.device, num_workers=args.num_workers)
+    from .finetune import Phase2Recipe, finetune_layer4
+    recipe = Phase2Recipe(lr=args.lr, head_lr=args.head_lr, epochs=args.epochs,
+                          patience=args.patience, batch_size=args.batch_size,
+                          cache_layer3=not args.no_layer3_cache)
+    out = finetune_layer4(args.run, args.out, recipe, device=args.device,
+                          num_workers=args.num_workers)
     print(f"phase 2 run in {out}; both phases in {Path(out) / 'tables' / 'phases.md'}")
     return out
 
@@ -450,6 +456,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["--"]:  # `python -m deepfake_detector -- predict ...`, as under torchrun
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    # Large CPU tensors on huge pages (huge_pages.py): the program decides, before torch's first
+    # large allocation; importing the package does not.
+    prefer_huge_pages()
     # The command line only saves figures, never shows them: the headless backend, chosen here by
     # the application (importing the package leaves the backend alone), once a command runs.
     import matplotlib

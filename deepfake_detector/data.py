@@ -36,13 +36,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 from torchvision import transforms
 
-# What --augment means, and the decode and resize modes: stated once, with the settings.
-from .config import DECODE_MODES, DEFAULT_AUGMENTATION, RESIZE_MODES
+# What --augment means: stated once, with the settings.
+from .config import DEFAULT_AUGMENTATION
 from .images import ImageLoadError, decode_image, open_rgb  # noqa: F401 (ImageLoadError: re-exported)
-
-# The statistics ImageNet-pretrained backbones were trained with; inputs must match them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The normalisation and the checks of the decode and resize modes belong to Preprocessing, the
+# one object for how an image becomes a tensor; re-exported here, where the steps run.
+from .preprocessing import (IMAGENET_MEAN, IMAGENET_STD, check_decode,  # noqa: F401
+                            check_resize)
 
 # The largest difference between a device resize and PIL's, in uint8 levels (0-255), and the
 # largest mean difference. The device resize runs in float32 against PIL's fixed-point weights,
@@ -59,29 +59,16 @@ DEVICE_RESIZE_MEAN_TOLERANCE = 0.3
 DEVICE_RESIZE_MAX_PIXELS = 4_000_000
 
 
-def check_decode(decode: str) -> str:
-    if decode not in DECODE_MODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}; got {decode!r}.")
-    return decode
-
-
 def decode_size(decode: str, img_size: int) -> int | None:
     """The target_size the decoder gets: img_size in "draft" mode, None (full decode) else."""
     return img_size if check_decode(decode) == "draft" else None
-
-
-def run_decode(record: dict) -> str:
-    """The decode mode a run (its checkpoint or config.json) was trained with; runs from before
-    the mode was recorded decoded in full."""
-    return check_decode(record.get("decode") or "full")
 
 
 def resolve_resize(resize: str, device: torch.device | str, augmentation=None) -> str:
     """"pil" or "device" for a pass on `device`. "auto": the device on a GPU (CUDA, MPS), PIL's
     per-image resize on the CPU, where it measured faster (benchmarks/README.md). Augmentation
     acts on PIL images after the resize, so it always resizes with PIL."""
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {resize!r}.")
+    check_resize(resize)
     if augmentation:
         return "pil"
     if resize == "auto":

@@ -9,6 +9,7 @@ import hashlib
 import json
 import numbers
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -17,84 +18,83 @@ import torch
 from torch import nn
 
 from . import CLASS_TO_IDX
-from .data import IMAGENET_MEAN, IMAGENET_STD, decode_size, eval_transform, run_decode
+from .data import eval_transform
 from .determinism import deterministic
-from .features import check_precision
 from .gradcam import OVERLAY_MAX_SIDE, grad_cam_with_logits
 from .gradcam_files import CamFiles, display_image, label_name
 from .images import ImageLoadError, decode_image
+from .inference import Numerics
 from .manifest import recording
+from .preprocessing import Preprocessing
 
 
-def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: int,
-                   mean=IMAGENET_MEAN, std=IMAGENET_STD, labels: Sequence | None = None,
-                   target="predicted", batch_size: int = 16, device=None,
+@dataclass(frozen=True)
+class ExplainOptions:
+    """How explain_images computes and draws its maps, beyond the images and the model's input.
+
+    layer          the layer explained (default model.layer4[-1])
+    device         moves the model there (default: where it is)
+    colormap, image_weight   the heat map's colours, and how much of the image an overlay shows
+    max_side       overlays at the file's own resolution, or downscaled to this long side (px)
+    per_outcome    the contact sheet's examples per outcome, the most confident ones, or
+    sheet_paths    the images it shows instead
+    deterministic_kernels    torch's and cuDNN's deterministic kernels (determinism.py)
+    """
+    layer: nn.Module | None = None
+    device: torch.device | str | None = None
+    colormap: int = cv2.COLORMAP_JET
+    image_weight: float = 0.5
+    max_side: int = OVERLAY_MAX_SIDE
+    per_outcome: int = 3
+    sheet_paths: Sequence | None = None
+    deterministic_kernels: bool = False
+
+
+def explain_images(model: nn.Module, image_paths: Sequence, out_dir, prep: Preprocessing,
+                   labels: Sequence | None = None, target="predicted", batch_size: int = 16,
                    max_images: int | None = None, mask_paths: Sequence | None = None,
-                   colormap: int = cv2.COLORMAP_JET, image_weight: float = 0.5,
-                   per_outcome: int = 3, sheet_paths: Sequence | None = None,
-                   layer: nn.Module | None = None, max_side: int = OVERLAY_MAX_SIDE,
-                   decode: str = "full", precision: str = "fp32",
-                   deterministic_kernels: bool = False) -> dict:
+                   options: ExplainOptions = ExplainOptions()) -> dict:
     """Grad-CAM for many images, one batch in memory at a time; writes under out_dir:
 
         overlays/{tp,tn,fp,fn}/NAME__p0.973.png   (pred_fake/ pred_real/ for unlabelled images):
                                                   the overlay at the file's own resolution, or
-                                                  downscaled to `max_side` px on the long side
+                                                  downscaled to options.max_side px on the long side
         raw_cams.npy    float32 (N, h, w): row i is image i of index.csv, before any scaling;
                         scale_cams(raw_cams[i:i+1], (H, W)) gives its [0, 1] map at any size
         index.csv       index, path, label, probability (P(fake)), logit, target, outcome, overlay
-        contact_sheet.png/.pdf   per outcome the `per_outcome` most confident examples (or the
-                        images in `sheet_paths`): image, heatmap, overlay
+        contact_sheet.png/.pdf   per outcome the most confident examples: image, heatmap, overlay
         summary.json    what is returned: counts per outcome, paths, localisation scores,
                         the files skipped as unreadable
         faithfulness.json   the localisation scores alone, when there are masks
 
-    labels: per image 0/1, "real"/"fake", or None/-1 when unknown. mask_paths: per image a mask
-    file (255 = manipulated) or None; where given, localisation_scores of the maps that explain
-    "fake" are computed (at the model's input size) and returned.
+    prep: the model's input, as the run was trained (Preprocessing.from_checkpoint): decoded as
+    prep.decode says (the overlay is drawn on a full decode all the same), resized with PIL and
+    normalised; the maps computed in prep.precision, "fp32" or opt-in autocast "bf16"/"fp16"/"amp"
+    (raw_grad_cam), part of the resume fingerprint, so maps of two precisions never mix in one
+    folder. labels: per image 0/1, "real"/"fake", or None/-1 when unknown. mask_paths: per image a
+    mask file (255 = manipulated) or None; where given, localisation_scores of the maps that
+    explain "fake" are computed (at the model's input size) and returned. options: the layer,
+    the device, the drawing and the contact sheet (ExplainOptions).
     Files that cannot be read are skipped and listed in one warning (and in summary.json); the
     call fails only when none is left. index.csv, raw_cams.npy and summary.json are written
     atomically; if the call is interrupted they describe the overlays written so far (summary
-    "complete": false), and the same call again carries on from there.
-    device: moves the model there (default: where it is). Other files in out_dir stay.
-    layer: the layer explained (default model.layer4[-1]).
-    decode: how the model's input is decoded, as the run was trained ("draft": a large JPEG at
-    reduced size, data.DECODE_MODES); the overlay is drawn on a full decode all the same.
-    precision: "fp32", or opt-in autocast "bf16"/"fp16"/"amp" (raw_grad_cam); part of the
-    resume fingerprint, so maps of two precisions never mix in one folder.
-    deterministic_kernels: torch's and cuDNN's deterministic kernels (determinism.py).
+    "complete": false), and the same call again carries on from there. Other files in out_dir
+    stay.
     """
     out_dir = Path(out_dir)
-    check_precision(precision)
-    if device is not None:
-        model.to(device)
+    if options.device is not None:
+        model.to(options.device)
     paths, labels, mask_paths = checked_inputs(image_paths, labels, mask_paths, max_images,
-                                               batch_size, max_side)
-    transform = eval_transform(img_size, mean, std)
+                                               batch_size, options.max_side)
     target_name = target if isinstance(target, str) else "per image"
-    fingerprint = hashlib.sha256(json.dumps(
-        [[str(p) for p in paths], [label_name(y) for y in labels], target_name, img_size,
-         list(mean), list(std), max_side] + ([decode] if decode != "full" else [])
-        + ([] if precision == "fp32" else [precision]),
-        default=str).encode()).hexdigest()  # fp32 keeps the fingerprint older folders have
-    files = CamFiles(out_dir, fingerprint, img_size, target_name, sheet_paths, per_outcome,
-                     precision)
-    target_size = decode_size(decode, img_size)
-    with recording(out_dir), deterministic(deterministic_kernels):
+    files = CamFiles(out_dir, fingerprint(paths, labels, target_name, prep, options.max_side),
+                     prep.img_size, target_name, options.sheet_paths, options.per_outcome,
+                     prep.precision)
+    with recording(out_dir), deterministic(options.deterministic_kernels):
         several_frames = []
         try:
-            while files.n_done < len(paths):
-                files.commit()
-                batch, displays, tensors = next_batch(paths, files, batch_size, transform,
-                                                      max_side, several_frames, target_size)
-                if not batch:
-                    continue
-                result = grad_cam_with_logits(model, torch.stack(tensors), target, layer,
-                                              precision)
-                for k, (i, shown) in enumerate(zip(batch, displays)):
-                    files.add(paths[i], labels[i], float(result.probabilities[k]),
-                              float(result.logits[k]), result.targets[k], result.raw_cams[k],
-                              shown, colormap, image_weight)
+            explain_batches(model, paths, labels, files, prep, target, batch_size, options,
+                            several_frames)
         except BaseException:
             files.roll_back()  # whole batches only: a re-run carries on after the last one
             files.save(complete=False)
@@ -103,11 +103,41 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, img_size: i
         if not files.rows:
             files.save(complete=False)
             raise ValueError(f"None of the {len(paths)} images could be read; see the list above.")
-        extra = {"contact_sheet": files.contact_sheet(colormap, image_weight)}
+        extra = {"contact_sheet": files.contact_sheet(options.colormap, options.image_weight)}
         localisation = files.localisation(paths, mask_paths)
         if localisation is not None:
             extra["localisation"] = localisation
         return files.save(complete=True, extra=extra)
+
+
+def fingerprint(paths, labels, target_name: str, prep: Preprocessing, max_side: int) -> str:
+    """What an interrupted call must share with this one to be carried on: the images, their
+    labels, the target and how the maps were made. "full" decode and fp32 leave it as it was
+    before they were settings, so older folders still resume."""
+    return hashlib.sha256(json.dumps(
+        [[str(p) for p in paths], [label_name(y) for y in labels], target_name, prep.img_size,
+         list(prep.mean), list(prep.std), max_side]
+        + ([prep.decode] if prep.decode != "full" else [])
+        + ([] if prep.precision == "fp32" else [prep.precision]),
+        default=str).encode()).hexdigest()
+
+
+def explain_batches(model, paths, labels, files: CamFiles, prep: Preprocessing, target,
+                    batch_size: int, options: ExplainOptions, several_frames: list) -> None:
+    """The loop: from files.n_done on, a batch of images at a time, their maps into `files`."""
+    transform = eval_transform(prep.img_size, prep.mean, prep.std)
+    while files.n_done < len(paths):
+        files.commit()
+        batch, displays, tensors = next_batch(paths, files, batch_size, transform,
+                                              options.max_side, several_frames, prep.decode_size)
+        if not batch:
+            continue
+        result = grad_cam_with_logits(model, torch.stack(tensors), target, options.layer,
+                                      prep.precision)
+        for k, (i, shown) in enumerate(zip(batch, displays)):
+            files.add(paths[i], labels[i], float(result.probabilities[k]),
+                      float(result.logits[k]), result.targets[k], result.raw_cams[k],
+                      shown, options.colormap, options.image_weight)
 
 
 def checked_inputs(image_paths, labels, mask_paths, max_images, batch_size, max_side):
@@ -169,7 +199,9 @@ def labelled_images(paths: Iterable) -> tuple[list[Path], list]:
     """Files and folders -> (image files, labels). A folder holding real/ and fake/ (a split folder,
     spelt as split.py accepts) gives labels 1/0, so its overlays sort into tp/tn/fp/fn; a file
     inside a real/ or fake/ folder gets that label; every other image gets None."""
-    from .split import SplitError, class_of_folder, find_images, list_labelled_folder
+    from .discovery import class_of_folder, find_images
+    from .split_errors import SplitError
+    from .split_read import list_labelled_folder
     files, labels = [], []
     for path in map(Path, paths):
         if path.is_dir():
@@ -190,10 +222,12 @@ def labelled_images(paths: Iterable) -> tuple[list[Path], list]:
 
 def explain_run(run_dir, images: Sequence, out_dir, target: str = "predicted", masks_dir=None,
                 max_images: int | None = None, batch_size: int = 16, device: str = "auto",
-                precision: str = "fp32", deterministic_kernels: bool = False) -> dict:
-    """`python -m deepfake_detector gradcam`: explain_images with a trained run's model, image
-    size and normalisation. `images`: files and/or folders (real/ and fake/ inside give labels).
-    Masks, for localisation scores: masks_dir/<image file name> where that file exists."""
+                numerics: Numerics = Numerics(precision="fp32")) -> dict:
+    """`python -m deepfake_detector gradcam`: explain_images with a trained run's model and
+    preprocessing. `images`: files and/or folders (real/ and fake/ inside give labels).
+    Masks, for localisation scores: masks_dir/<image file name> where that file exists.
+    `numerics`: the maps' precision (fp32 by default, whatever the run trained in: within 1e-5 of
+    pytorch-grad-cam; None: the run's) and whether kernels are deterministic."""
     from .inference import load_run
     model, checkpoint = load_run(run_dir, device)
     files, labels = labelled_images(images)
@@ -203,8 +237,7 @@ def explain_run(run_dir, images: Sequence, out_dir, target: str = "predicted", m
     if masks_dir is not None:
         mask_paths = [Path(masks_dir) / f.name if (Path(masks_dir) / f.name).is_file() else None
                       for f in files]
-    return explain_images(model, files, out_dir, checkpoint["img_size"], checkpoint["mean"],
-                          checkpoint["std"], labels=labels, target=target, batch_size=batch_size,
-                          max_images=max_images, mask_paths=mask_paths,
-                          decode=run_decode(checkpoint), precision=precision,
-                          deterministic_kernels=deterministic_kernels)
+    return explain_images(model, files, out_dir, numerics.preprocessing(checkpoint), labels=labels,
+                          target=target, batch_size=batch_size, max_images=max_images,
+                          mask_paths=mask_paths, options=ExplainOptions(
+                              deterministic_kernels=numerics.deterministic_kernels))

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,10 +22,11 @@ import torchvision
 from .progress import tqdm
 
 from . import distributed
-from .config import PRECISIONS  # stated with the settings (torch-free, for the command line)
-from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, decoded_ahead, make_loader,
-                   normalize_batch, pixel_transform, resolve_resize)
+from .data import decoded_ahead, make_loader, normalize_batch, pixel_transform, resolve_resize
 from .model import backbone_features, backbone_fingerprint
+# The check of a precision's name is Preprocessing's (torch-free, for the command line); what
+# each precision means on each device is here (autocast_dtype).
+from .preprocessing import Preprocessing, check_precision
 
 # 2: images.py decodes 16-bit, float and transparent images differently; 3: the key holds the
 # decode mode (reduced-size JPEG decoding) and where the resize ran (PIL or the device)
@@ -41,17 +43,6 @@ def channels_last(model: torch.nn.Module):
         yield model
     finally:
         model.to(memory_format=torch.contiguous_format)
-
-
-
-
-def check_precision(precision: str) -> str:
-    """`precision` as given, or a ValueError in one line naming the choices."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}. "
-                         "fp32 (the default) gives the same numbers on every device and path; "
-                         "bf16/fp16/amp (mixed precision) are faster on GPUs.")
-    return precision
 
 
 def autocast_dtype(device: torch.device, precision: str = "fp32") -> torch.dtype:
@@ -152,34 +143,47 @@ def lagged(outputs, device: torch.device):
         yield previous
 
 
-def extract_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                     augmentation=None, batch_size: int = 64, device=None,
-                     num_workers: int | None = None, desc: str = "features",
-                     seed: int = 0, decode: str = "full", resize: str = "auto",
-                     precision: str = "fp32") -> torch.Tensor:
-    """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU (under torchrun:
-    on rank 0, from every rank's share; None on the other ranks).
+@dataclass(frozen=True)
+class Views:
+    """Which views of each image cached_features extracts, one backbone pass each: the image as
+    it is (no `augmentation`: one view), or `n` augmented views (data.pil_steps), view v drawn with
+    seed `seed + v`. The cache key holds all three, the seed only where it draws augmentation."""
+    augmentation: dict | None = None
+    n: int = 1
+    seed: int = 0
 
-    With `augmentation`, each call draws one augmented view per image (seeded). Workers decode
-    (`decode`: "draft" decodes large JPEGs at reduced size, data.DECODE_MODES) and, with the
-    "pil" resize, resize to uint8; this process resizes ("device"), normalises each batch and
-    runs the backbone on it, in `precision` (autocast_for); the features come back as float32
-    whatever it computed in. `resize`: data.RESIZE_MODES ("auto": the device's default).
+    @property
+    def count(self) -> int:
+        """The number of views extracted: n with augmentation, else 1."""
+        return self.n if self.augmentation else 1
+
+
+def extract_features(model, items, prep: Preprocessing, augmentation=None, batch_size: int = 64,
+                     num_workers: int | None = None, desc: str = "features",
+                     seed: int = 0) -> torch.Tensor:
+    """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU (under torchrun:
+    on rank 0, from every rank's share; None on the other ranks), computed where the model is.
+
+    `prep` (preprocessing.py) says how each image becomes the model's input. With
+    `augmentation`, each call draws one augmented view per image (seeded). Workers decode (a
+    large JPEG at reduced size with prep.decode "draft") and, with the "pil" resize, resize to
+    uint8; this process resizes ("device"), normalises each batch and runs the backbone on it, in
+    prep.precision (autocast_for); the features come back as float32 whatever it computed in.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    resize = resolve_resize(resize, device, augmentation)
+    device = next(model.parameters()).device
+    resize = resolve_resize(prep.resize, device, augmentation)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # the augmentation draws from the global generator in each worker
     # Under torchrun, this rank's whole batches only (distributed.py); rank 0 gathers them all.
-    loader = make_loader(items, pixel_transform(img_size, resize, augmentation), batch_size,
+    loader = make_loader(items, pixel_transform(prep.img_size, resize, augmentation), batch_size,
                          sampler=distributed.my_share(len(items), batch_size),
                          generator=generator, num_workers=num_workers, device=device,
-                         decode_size=decode_size(decode, img_size))
-    on_device = img_size if resize == "device" else None
+                         decode_size=prep.decode_size)
+    on_device = prep.img_size if resize == "device" else None
     features = None  # sized by the backbone's output, whatever head sits on top (a notebook's own)
-    with inference_pass(model, device, precision):
-        batches = ((indices, backbone_features(model, normalize_batch(images, mean, std, device,
-                                                                      on_device)))
+    with inference_pass(model, device, prep.precision):
+        batches = ((indices, backbone_features(model, normalize_batch(images, prep.mean, prep.std,
+                                                                      device, on_device)))
                    for images, _, indices in tqdm(decoded_ahead(loader), total=len(loader),
                                                  desc=desc, unit="batch", leave=False))
         on_cpu = ((indices, output.float().cpu()) for indices, output in lagged(batches, device))
@@ -203,81 +207,74 @@ def files_digest(items) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
-              precision: torch.dtype = torch.float32, decode: str = "full",
-              resize: str = "pil") -> str:
-    """`precision`: what the backbone computed in (bf16 features on a GPU are not fp32 ones).
-    `decode` ("draft", "full") and `resize` ("pil", "device": resolved, never "auto"): the
-    pixels differ slightly between them, so their features are kept apart."""
+def cache_key(model, items, prep: Preprocessing, views: Views = Views()) -> str:
+    """The key of `items`' features with this model, prep and views. The backbone's precision
+    enters as what it computes in on the model's device (bf16 features on a GPU are not fp32 ones;
+    "amp" on the CPU is fp32), the resize as where it runs there ("pil" or "device", never
+    "auto"), and the decode mode as it is: the pixels differ slightly between them, so their
+    features are kept apart."""
+    device = next(model.parameters()).device
+    augmentation = views.augmentation
     material = {
         "format": CACHE_FORMAT, "files": files_digest(items), "n": len(items),
-        "img_size": img_size, "decode": decode, "resize": resize,
-        "mean": list(mean), "std": list(std),
-        "augmentation": augmentation or None, "n_views": n_views,
-        "seed": seed if augmentation else None,
-        "backbone": backbone_fingerprint(model), "precision": str(precision),
+        "img_size": prep.img_size, "decode": prep.decode,
+        "resize": resolve_resize(prep.resize, device, augmentation),
+        "mean": list(prep.mean), "std": list(prep.std),
+        "augmentation": augmentation or None, "n_views": views.count,
+        "seed": views.seed if augmentation else None,
+        "backbone": backbone_fingerprint(model),
+        "precision": str(autocast_dtype(device, prep.precision)),
         "torch": torch.__version__, "torchvision": torchvision.__version__,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def cache_file(model, items, img_size: int, mean, std, augmentation, n_views: int, seed: int,
-               device: torch.device, cache_dir: str | Path, decode: str = "full",
-               resize: str = "pil", precision: str = "fp32") -> Path:
+def cache_file(model, items, prep: Preprocessing, cache_dir: str | Path,
+               views: Views = Views()) -> Path:
     """Where cached_features keeps (or finds) these features: named by their cache key."""
-    key = cache_key(model, items, img_size, mean, std, augmentation, n_views, seed,
-                    autocast_dtype(device, precision), decode, resize)
-    return Path(cache_dir) / f"features-{key[:24]}.pt"
+    return Path(cache_dir) / f"features-{cache_key(model, items, prep, views)[:24]}.pt"
 
 
-def cached_features(model, items, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                    cache_dir: str | Path | None = None, augmentation=None, n_views: int = 1,
-                    batch_size: int = 64, device=None, num_workers=None, seed: int = 0,
-                    desc: str = "features", log=print, decode: str = "full",
-                    resize: str = "auto", precision: str = "fp32",
+def cached_features(model, items, prep: Preprocessing, cache_dir: str | Path | None = None,
+                    views: Views = Views(), batch_size: int = 64, num_workers=None,
+                    desc: str = "features", log=print,
                     cache_path: Path | None = None) -> torch.Tensor:
     """Features of `items`, from the cache when the exact same ones were extracted before.
 
-    Returns (N, 512), or (n_views, N, 512) with augmentation: K augmented views per image, so
-    augmentation costs K backbone passes in all instead of one per epoch. `decode`, `resize`:
-    as extract_features. `precision` (fp32, bf16, fp16, amp) is what the backbone computes in,
-    and part of the cache key. Under torchrun every rank extracts its share; rank 0 returns (and
-    caches) all of them, the other ranks None. `cache_path`: the cache file, when the caller has
-    already computed it with cache_file (the key hashes every file's bytes: once is enough).
+    Returns (N, 512), or (views.n, N, 512) with augmentation: K augmented views per image, so
+    augmentation costs K backbone passes in all instead of one per epoch. `prep`: as
+    extract_features, all of it part of the cache key. The pass runs on the model's device.
+    Under torchrun every rank extracts its share; rank 0 returns (and caches) all of them, the
+    other ranks None. `cache_path`: the cache file, when the caller has already computed it with
+    cache_file (the key hashes every file's bytes: once is enough).
     """
-    views = n_views if augmentation else 1
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    resize = resolve_resize(resize, device, augmentation)
     path = None
     if cache_dir is not None and distributed.is_main():  # under torchrun, the cache is rank 0's
-        path = cache_path or cache_file(model, items, img_size, mean, std, augmentation, views,
-                                        seed, device, cache_dir, decode, resize, precision)
+        path = cache_path or cache_file(model, items, prep, cache_dir, views)
     if distributed.decided_by_main(path is not None and path.exists()):
         if not distributed.is_main():
             return None
         stored = torch.load(path, map_location="cpu", weights_only=True)
         log(f"{desc}: {len(items)} images from the feature cache ({path.name})")
         return stored["features"].float()
-    if augmentation and distributed.is_active():
+    if views.augmentation and distributed.is_active():
         raise ValueError("Augmented views are drawn from one random stream, image after image, so "
                          "they cannot be split across torchrun's processes and stay the same: "
                          "extract them in one process (train --augment without torchrun).")
     start = time.perf_counter()
-    if augmentation:
+    if views.augmentation:
         features = torch.stack([
-            extract_features(model, items, img_size, mean, std, augmentation, batch_size, device,
-                             num_workers, f"{desc} view {v + 1}/{views}", seed=seed + v,
-                             decode=decode, resize=resize, precision=precision)
-            for v in range(views)])
+            extract_features(model, items, prep, views.augmentation, batch_size, num_workers,
+                             f"{desc} view {v + 1}/{views.count}", seed=views.seed + v)
+            for v in range(views.count)])
     else:
-        features = extract_features(model, items, img_size, mean, std, None, batch_size, device,
-                                    num_workers, desc, seed=seed, decode=decode, resize=resize,
-                                    precision=precision)
+        features = extract_features(model, items, prep, None, batch_size, num_workers, desc,
+                                    seed=views.seed)
     if not distributed.is_main():
         return None  # under torchrun, rank 0 holds (and stores) everyone's features
     seconds = time.perf_counter() - start
-    log(f"{desc}: extracted {len(items) * views} images in {seconds:.1f} s "
-        f"({len(items) * views / max(seconds, 1e-9):.1f} images/s)")
+    log(f"{desc}: extracted {len(items) * views.count} images in {seconds:.1f} s "
+        f"({len(items) * views.count / max(seconds, 1e-9):.1f} images/s)")
     store_half = len(items) > FLOAT16_ABOVE_N_IMAGES and float(features.abs().max()) < 6e4
     if store_half:
         features = features.half().float()  # train on what a later run will read back from disk

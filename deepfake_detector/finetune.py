@@ -32,19 +32,20 @@ import torch
 from torch import nn
 from .progress import tqdm
 
-from .data import (IMAGENET_MEAN, IMAGENET_STD, decode_size, make_loader, normalize_batch,
-                   pixel_transform, resolve_resize)
+from .data import make_loader, normalize_batch, pixel_transform, resolve_resize
 from .determinism import deterministic
 from .features import autocast_for, channels_last, exact_fp32
+from .preprocessing import Preprocessing
 from .report import write_report
 from .tables import write_table
-from .inference import load_run
-from .manifest import mark_complete, recording
-from .manifest import read_manifest as read_run_manifest
-from .split import list_split
-from .train import (RunExistsError, RunLog, TrainConfig, class_counts, conclude_run, epoch_orders,
-                    feature_batches, fit, fit_on_images, logits_on_images, positive_weight,
-                    prepare_run_dir, random_init_banner, run_epoch, seed_everything)
+from .config import TrainConfig
+from .image_path import fit_on_images, logits_on_images
+from .loop import Fitted, epoch_orders, feature_batches, fit, run_epoch, seed_everything
+from .manifest import mark_complete, read_run_manifest, recording
+from .run_dir import (CONFIG_JSON, METRICS_VAL_JSON, PROBE_JSON, TABLES_DIR, RunExistsError, RunLog,
+                      load_run, prepare_run_dir)
+from .split_read import list_split
+from .train import class_counts, conclude_run, positive_weight, random_init_banner
 
 SUFFIX = "-finetune-layer4"
 HEAD_LR_FACTOR = 10                        # the head learns 10x faster than layer4 by default
@@ -85,7 +86,7 @@ def layer4_and_head(model: nn.Module) -> nn.Sequential:
 
 
 class TrainedPart:
-    """layer4 + fc in the shape train.fit expects of its `head`: fit gives parameters() to Adam
+    """layer4 + fc in the shape loop.fit expects of its `head`: fit gives parameters() to Adam
     (here two parameter groups, each with its own learning rate) and keeps the best state_dict()
     for early stopping."""
 
@@ -106,7 +107,7 @@ class TrainedPart:
 
 class Layer4InPrecision(nn.Module):
     """layer4_and_head on layer3 outputs with layer4 in `precision` and the head in float32: what
-    train.BackboneInPrecision computes on images in the plain loop, from layer3 on."""
+    image_path.BackboneInPrecision computes on images in the plain loop, from layer3 on."""
 
     def __init__(self, model: nn.Module, device, precision: str = "fp32"):
         super().__init__()
@@ -118,22 +119,20 @@ class Layer4InPrecision(nn.Module):
         return self.model.fc(x.float())
 
 
-def layer3_outputs(model, items, img_size: int, mean, std, batch_size: int, device, num_workers,
-                   desc: str, decode: str = "full", resize: str = "pil",
-                   precision: str = "fp32") -> torch.Tensor:
+def layer3_outputs(model, items, prep: Preprocessing, batch_size: int, device, num_workers,
+                   desc: str) -> torch.Tensor:
     """layer3 outputs of `items`, in order, on the CPU (decoded to uint8 in workers, normalised
-    per batch, as features.extract_features does, with its `decode` and `resize`). no_grad rather
-    than inference_mode: layer4 trains on these, and autograd refuses inference-mode tensors as
-    saved inputs."""
-    resize = resolve_resize(resize, device)
-    loader = make_loader(items, pixel_transform(img_size, resize), batch_size,
-                         num_workers=num_workers, device=device,
-                         decode_size=decode_size(decode, img_size))
-    on_device = img_size if resize == "device" else None
+    per batch, as features.extract_features does with the same `prep`). no_grad rather than
+    inference_mode: layer4 trains on these, and autograd refuses inference-mode tensors as saved
+    inputs."""
+    resize = resolve_resize(prep.resize, device)
+    loader = make_loader(items, pixel_transform(prep.img_size, resize), batch_size,
+                         num_workers=num_workers, device=device, decode_size=prep.decode_size)
+    on_device = prep.img_size if resize == "device" else None
     outputs = None
-    with torch.no_grad(), autocast_for(device, precision):
+    with torch.no_grad(), autocast_for(device, prep.precision):
         for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
-            batch = up_to_layer3(model, normalize_batch(images, mean, std, device,
+            batch = up_to_layer3(model, normalize_batch(images, prep.mean, prep.std, device,
                                                         on_device)).float().cpu()
             if outputs is None:
                 outputs = torch.empty(len(items), *batch.shape[1:])
@@ -152,9 +151,9 @@ def layer3_bytes(model, img_size: int, n_images: int) -> int:
 
 def phase2_config(parent: Path, out: Path, **settings) -> FinetuneConfig:
     """The phase-1 config (same data, image size, seed, augmentation) with phase 2's settings."""
-    path = parent / "config.json"
+    path = parent / CONFIG_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"No config.json in {parent}: is it a run directory made by "
+        raise FileNotFoundError(f"No {CONFIG_JSON} in {parent}: is it a run directory made by "
                                 "`python -m deepfake_detector train`?")
     recorded = json.loads(path.read_text())
     recorded.setdefault("decode", "full")  # a run from before decode modes decoded in full
@@ -164,14 +163,29 @@ def phase2_config(parent: Path, out: Path, **settings) -> FinetuneConfig:
                                cache_features=False, **settings)
 
 
-def finetune_layer4(run_dir, out_dir=None, lr: float = 1e-5, head_lr: float | None = None,
-                    epochs: int = 10, patience: int = 3, batch_size: int | None = None,
-                    cache_layer3: bool = True, device: str = "auto", num_workers: int | None = None,
+@dataclass(frozen=True)
+class Phase2Recipe:
+    """Phase 2's own settings: layer4 at `lr`, the head at `head_lr` (default HEAD_LR_FACTOR x
+    lr; a head that has converged needs only small corrections as layer4 moves, and the ratio
+    stays the same whatever phase 1 used), Adam, at most `epochs`, early stopping after
+    `patience` epochs without val-loss improvement; `batch_size` default the run's;
+    `cache_layer3`: train on cached layer3 outputs when possible (the same result, faster)."""
+    lr: float = 1e-5
+    head_lr: float | None = None
+    epochs: int = 10
+    patience: int = 3
+    batch_size: int | None = None
+    cache_layer3: bool = True
+
+
+def finetune_layer4(run_dir, out_dir=None, recipe: Phase2Recipe = Phase2Recipe(),
+                    device: str = "auto", num_workers: int | None = None,
                     log_to_console: bool = True) -> Path:
-    """Phase 2 of `run_dir`: layer4 at `lr`, the head at `head_lr` (default 10 x lr; a head
-    that has converged needs only small corrections as layer4 moves, and the ratio stays the same
-    whatever phase 1 used), Adam, early stopping on the val loss with the best state restored.
-    Returns the new run directory (default run_dir + "-finetune-layer4"; never overwritten)."""
+    """Phase 2 of `run_dir` as `recipe` says (Phase2Recipe): layer4 and the head, Adam, early
+    stopping on the val loss with the best state restored. Returns the new run directory
+    (default run_dir + "-finetune-layer4"; never overwritten)."""
+    lr, head_lr, cache_layer3 = recipe.lr, recipe.head_lr, recipe.cache_layer3
+    epochs, patience, batch_size = recipe.epochs, recipe.patience, recipe.batch_size
     parent = Path(run_dir)
     out = Path(out_dir) if out_dir else parent.with_name(parent.name + SUFFIX)
     manifest = read_run_manifest(out) if out.is_dir() else None
@@ -225,15 +239,16 @@ def phase2_into(run_dir: Path, parent: Path, model, checkpoint: dict, config, lr
     log(f"phase 2 took {train_seconds:.1f} s ("
         + ("on cached layer3 outputs)" if config.layer3_cached else "full forward passes)"))
 
-    parent_probe = parent / "probe.json"
+    parent_probe = parent / PROBE_JSON
     if parent_probe.is_file():
         probe = json.loads(parent_probe.read_text())
-        (run_dir / "probe.json").write_text(json.dumps({**probe, "from_run": str(parent)},
-                                                       indent=2) + "\n")
-    conclude_run(run_dir, model, config, checkpoint["weights"], counts, history, best_epoch,
-                 train_seconds, val_items, torch.sigmoid(val_logits).numpy(), log)
+        (run_dir / PROBE_JSON).write_text(json.dumps({**probe, "from_run": str(parent)},
+                                                     indent=2) + "\n")
+    conclude_run(run_dir, model, config, checkpoint["weights"], counts,
+                 Fitted(history, best_epoch, train_seconds), val_items,
+                 torch.sigmoid(val_logits).numpy(), log)
     write_table(phase_rows(parent, run_dir, sum(p.numel() for p in model.fc.parameters())),
-                run_dir / "tables" / "phases",
+                run_dir / TABLES_DIR / "phases",
                 caption="Phase 1 (head on a frozen backbone) and phase 2 (layer4 fine-tuned) on the "
                         "same validation split, which chose each phase's early-stopping epoch and "
                         "threshold: optimistic for both. Phase 2 starts from phase 1, so its time "
@@ -245,9 +260,8 @@ def fit_on_layer3_outputs(model, part: TrainedPart, config: FinetuneConfig, trai
                           pos_weight: float, order_per_epoch, log):
     """fit_layer4's cached path: layer3 outputs computed once, layer4 + head trained on them."""
     device = next(model.parameters()).device
-    common = dict(img_size=config.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  batch_size=64, device=device, num_workers=config.num_workers,
-                  decode=config.decode, resize=config.resize, precision=config.precision)
+    common = dict(prep=Preprocessing.from_config(config), batch_size=64, device=device,
+                  num_workers=config.num_workers)
     train_x = layer3_outputs(model, train_items, desc="train layer3", **common)
     val_x = layer3_outputs(model, val_items, desc="val layer3", **common)
     train_y = torch.tensor([y for _, y in train_items])
@@ -268,7 +282,7 @@ def fit_on_layer3_outputs(model, part: TrainedPart, config: FinetuneConfig, trai
 
 def fit_layer4(model, part: TrainedPart, config: FinetuneConfig, train_items, val_items,
                pos_weight: float, generator, augmentation, log):
-    """train.fit on layer4 + head, fed cached layer3 outputs or whole images (augmented on the
+    """loop.fit on layer4 + head, fed cached layer3 outputs or whole images (augmented on the
     fly if phase 1 was). Returns (history, best epoch, val logits of the restored best state)."""
     device = next(model.parameters()).device
     order_per_epoch = epoch_orders(len(train_items), config.epochs, generator)
@@ -288,8 +302,8 @@ def phase_rows(phase1: Path, phase2: Path, phase1_parameters: int) -> list[dict]
     """One row per phase from the two run directories' metrics_val.json and config.json."""
     rows = []
     for phase, run in (("1: head, frozen backbone", phase1), ("2: layer4 + head", phase2)):
-        metrics = json.loads((run / "metrics_val.json").read_text())
-        config = json.loads((run / "config.json").read_text())
+        metrics = json.loads((run / METRICS_VAL_JSON).read_text())
+        config = json.loads((run / CONFIG_JSON).read_text())
         rows.append({
             "phase": phase, "run": run.name,
             "val accuracy": metrics["accuracy"],
@@ -300,7 +314,7 @@ def phase_rows(phase1: Path, phase2: Path, phase1_parameters: int) -> list[dict]
             "train seconds": config.get("train_seconds"),
             "trainable parameters": config.get("trainable_parameters", phase1_parameters),
         })
-    probe_file = phase1 / "probe.json"
+    probe_file = phase1 / PROBE_JSON
     if probe_file.is_file():  # the ceiling of phase 1's frozen features, on the same val split
         probe = json.loads(probe_file.read_text())
         metrics = probe["metrics"]["val"]

@@ -38,8 +38,9 @@ from torch import nn
 
 from . import CLASS_NAMES, CLASS_TO_IDX
 from .data import open_image
-from .features import autocast_for, check_precision
+from .features import autocast_for
 from .figures import paper_style
+from .preprocessing import check_precision
 
 TARGETS = ("predicted", "fake", "real")
 OUTCOMES = ("tp", "tn", "fp", "fn")                # with labels; fake is the positive class

@@ -7,8 +7,8 @@ through in batches, so memory stays flat whether the folder holds a hundred imag
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,66 +16,15 @@ import torch
 from .progress import tqdm
 
 from . import distributed
-from .data import (decode_size, decoded_ahead, make_loader, normalize_batch, pixel_transform,
-                   resolve_resize, run_decode)
+from .data import decoded_ahead, make_loader, normalize_batch, pixel_transform, resolve_resize
 from .determinism import deterministic
-from .features import check_precision, head_in_fp32, inference_pass, lagged
+from .features import head_in_fp32, inference_pass, lagged
 from .images import warn_multi_frame
 from .manifest import recording
-from .model import build_model, pick_device
-from .split import check_image, find_images, list_labelled_folder, list_split
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is damaged, foreign or unsafe; the message says what to do."""
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict of this project's checkpoint.pt, loaded with weights_only=True (tensors
-    and plain values only: a pickle that would run code is refused, never executed), or a
-    CheckpointError in one line."""
-    path = Path(path)
-    what_to_do = ("Train the run again, or pass the run directory that holds a checkpoint.pt "
-                  "written by `python -m deepfake_detector train`.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path} holds Python objects other than tensors and plain values, "
-                              f"so it is not loaded (loading could run code). {what_to_do}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is damaged or not a PyTorch checkpoint (truncated or "
-                              f"overwritten: {type(error).__name__}). {what_to_do}") from None
-    needed = ("model_state", "img_size", "mean", "std")
-    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in needed):
-        keys = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path} is not a checkpoint of this project (it lacks "
-                              f"{', '.join(k for k in needed if not isinstance(checkpoint, dict) or k not in checkpoint)}; "
-                              f"found {keys}). {what_to_do}")
-    return checkpoint
-
-
-def load_run(run_dir: str | Path, device: str = "auto"):
-    """(model in eval mode on `device`, checkpoint dict without the weights)."""
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint.pt in {run_dir}: is it a run directory made by "
-                                "`python -m deepfake_detector train`?")
-    checkpoint = read_checkpoint(path)
-    model, _ = build_model("none", seed=None)  # the architecture only; the weights come next
-    try:
-        model.load_state_dict(checkpoint.pop("model_state"))
-    except (RuntimeError, TypeError, AttributeError) as error:
-        first = str(error).strip().splitlines()[0][:200]
-        head = checkpoint.get("head")
-        if isinstance(head, str) and "Linear(in_features=512, out_features=1" not in head:
-            raise CheckpointError(f"{path} holds a model with a non-standard head ({head}), not "
-                                  "Linear(512, 1): a notebook experiment, which only the notebook "
-                                  "that defined the head can load (model.load_state_dict). "
-                                  f"({first})") from None
-        raise CheckpointError(f"{path} does not hold this project's single-logit ResNet-18 "
-                              f"({first}). Train the run again, or pass the run directory that "
-                              "holds the right checkpoint.pt.") from None
-    return model.to(pick_device(device)).eval(), checkpoint
+from .preprocessing import Preprocessing, check_precision
+from .discovery import check_image, find_images
+from .run_dir import CONFIG_JSON, METRICS_TEST_JSON, load_run
+from .split_read import list_labelled_folder, list_split
 
 
 def decision_threshold(checkpoint: dict) -> float:
@@ -86,34 +35,46 @@ def decision_threshold(checkpoint: dict) -> float:
     return float(checkpoint.get("threshold", 0.5) if value is None else value)
 
 
-def run_precision(checkpoint: dict, precision: str | None = None) -> str:
-    """`precision` when given, else the one the run trained in (fp32 for a run that records
-    none): a head trained on bf16 features is evaluated on bf16 features."""
-    return check_precision(precision or checkpoint.get("precision") or "fp32")
+@dataclass(frozen=True)
+class Numerics:
+    """How a trained run computes when it is applied (predict, evaluate, Grad-CAM): in
+    `precision` (None: the one it trained in, from its checkpoint; a head trained on bf16
+    features is evaluated on bf16 features), with torch's and cuDNN's deterministic kernels or
+    not (determinism.py)."""
+    precision: str | None = None
+    deterministic_kernels: bool = False
+
+    def __post_init__(self):
+        if self.precision is not None:
+            check_precision(self.precision)
+
+    def preprocessing(self, checkpoint: dict) -> Preprocessing:
+        """The run's Preprocessing (from its checkpoint), in `precision` when one is asked for."""
+        prep = Preprocessing.from_checkpoint(checkpoint)
+        return replace(prep, precision=self.precision) if self.precision else prep
 
 
-def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
+def iter_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
                        num_workers: int | None = None, desc: str = "predict",
-                       failures: list | None = None, decode: str = "full", resize: str = "auto",
-                       precision: str = "fp32"):
+                       failures: list | None = None):
     """Yield (indices, P(fake)) a batch at a time, in the order of `items`.
 
     Only a batch of images is ever in memory (plus what the loader's workers prefetch). Unreadable
     files raise; given a `failures` list, they are skipped and (index, reason) appended to it.
-    `decode`: the run's decode mode (data.run_decode); `resize`: data.RESIZE_MODES.
-    `precision`: what the model computes in (features.autocast_for; fp32 by default).
+    `prep`: how each image becomes the model's input, and what the model computes in
+    (preprocessing.py; a run's: Preprocessing.from_checkpoint).
     Under torchrun each rank runs its share and rank 0 yields every rank's batches, in order (at
     the end); the other ranks yield nothing.
     """
     device = next(model.parameters()).device
     skip_unreadable = failures is not None
-    resize = resolve_resize(resize, device)
-    on_device = img_size if resize == "device" else None
+    resize = resolve_resize(prep.resize, device)
+    on_device = prep.img_size if resize == "device" else None
     # Under torchrun, this rank's whole batches only (distributed.py); rank 0 gathers them all.
-    loader = make_loader(items, pixel_transform(img_size, resize), batch_size,
+    loader = make_loader(items, pixel_transform(prep.img_size, resize), batch_size,
                          sampler=distributed.my_share(len(items), batch_size),
                          num_workers=num_workers, device=device, skip_unreadable=skip_unreadable,
-                         decode_size=decode_size(decode, img_size))
+                         decode_size=prep.decode_size)
 
     def batches():
         for batch in tqdm(decoded_ahead(loader), total=len(loader), desc=desc, unit="batch",
@@ -122,23 +83,21 @@ def iter_probabilities(model, items, img_size: int, mean, std, batch_size: int =
             if skip_unreadable:
                 failures.extend(batch[3])
             if len(indices):
-                x = normalize_batch(images, mean, std, device, on_device)
+                x = normalize_batch(images, prep.mean, prep.std, device, on_device)
                 # fp32: the model's own forward (a notebook's model may define its own); mixed
                 # precision: the head in fp32, as in training (features.head_in_fp32)
-                logits = model(x).float() if precision == "fp32" else head_in_fp32(model, x)
+                logits = model(x).float() if prep.precision == "fp32" else head_in_fp32(model, x)
                 yield indices, torch.sigmoid(logits).squeeze(1)
 
-    with inference_pass(model, device, precision):
+    with inference_pass(model, device, prep.precision):
         on_cpu = ((indices.numpy(), output.cpu().numpy())
                   for indices, output in lagged(batches(), device))
         yield from distributed.in_input_order(on_cpu, failures)
 
 
-def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
+def stream_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
                          num_workers: int | None = None, desc: str = "predict",
-                         skip_unreadable: bool = False, decode: str = "full",
-                         resize: str = "auto",
-                         precision: str = "fp32") -> tuple[np.ndarray, list[tuple[int, str]]]:
+                         skip_unreadable: bool = False) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """(P(fake) per item, in order; [(index, reason)] of the files that could not be read).
 
     What grows with the number of images is one float per image. Unreadable files raise, or with
@@ -146,19 +105,17 @@ def stream_probabilities(model, items, img_size: int, mean, std, batch_size: int
     """
     probabilities = np.full(len(items), np.nan)
     failures = [] if skip_unreadable else None
-    for indices, batch in iter_probabilities(model, items, img_size, mean, std, batch_size,
-                                             num_workers, desc, failures, decode, resize,
-                                             precision):
+    for indices, batch in iter_probabilities(model, items, prep, batch_size, num_workers, desc,
+                                             failures):
         probabilities[indices] = batch
     return probabilities, sorted(failures or [])
 
 
-def predict_probabilities(model, items, img_size: int, mean, std, batch_size: int = 64,
-                          num_workers: int | None = None, desc: str = "predict",
-                          decode: str = "full", resize: str = "auto") -> np.ndarray:
-    """P(fake) for each (path, label) in `items`, in order; one batch in memory at a time."""
-    return stream_probabilities(model, items, img_size, mean, std, batch_size, num_workers, desc,
-                                decode=decode, resize=resize)[0]
+def predict_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
+                          num_workers: int | None = None, desc: str = "predict") -> np.ndarray:
+    """P(fake) for each (path, label) in `items`, in order, as `prep` makes the model's input
+    (a run's: Preprocessing.from_checkpoint); one batch in memory at a time."""
+    return stream_probabilities(model, items, prep, batch_size, num_workers, desc)[0]
 
 
 def list_images(paths) -> list[Path]:
@@ -206,8 +163,7 @@ def image_ids(paths: list[Path], roots: list[Path]) -> list[str]:
 
 
 def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
-                     num_workers: int | None = None, precision: str | None = None,
-                     deterministic_kernels: bool = False):
+                     num_workers: int | None = None, numerics: Numerics = Numerics()):
     """Yield {"image_id", "prediction" (P(fake)), "predicted_label", "path"} for every readable
     image in `paths` (files or folders), in order, a batch at a time. predicted_label is the
     verdict at the run's `decision_threshold` (the one chosen on val).
@@ -215,19 +171,17 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
     Each file is decoded once: checked and predicted in the same read. The unreadable are skipped
     and listed in one warning at the end. Nothing but the list of file names grows with the number
     of images, so a folder of any size streams through in bounded memory.
-    `precision`: default the run's (run_precision); `deterministic_kernels`: determinism.py.
+    `numerics`: the precision (default the run's) and whether kernels are deterministic.
     """
     model, checkpoint = load_run(run_dir, device)
-    precision = run_precision(checkpoint, precision)
+    prep = numerics.preprocessing(checkpoint)
     files = list_images(paths)
     ids = image_ids(files, [Path(p) for p in paths])
     threshold = decision_threshold(checkpoint)
     failures, n_predicted = [], 0
-    with deterministic(deterministic_kernels):
+    with deterministic(numerics.deterministic_kernels):
         for indices, probabilities in iter_probabilities(
-                model, [(f, -1) for f in files], checkpoint["img_size"], checkpoint["mean"],
-                checkpoint["std"], batch_size, num_workers, failures=failures,
-                decode=run_decode(checkpoint), precision=precision):
+                model, [(f, -1) for f in files], prep, batch_size, num_workers, failures=failures):
             for i, p in zip(indices.tolist(), probabilities.tolist()):
                 n_predicted += 1
                 yield {"image_id": ids[i], "prediction": p,
@@ -242,12 +196,10 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
 
 
 def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: str = "auto",
-                  num_workers: int | None = None, precision: str | None = None,
-                  deterministic_kernels: bool = False) -> list[dict]:
+                  num_workers: int | None = None, numerics: Numerics = Numerics()) -> list[dict]:
     """P(fake) for every image in `paths` (files or folders), as a list of rows; also written
     as CSV or JSON when asked. For folders too large to hold the rows, use `predict_to_file`."""
-    rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers, precision,
-                                 deterministic_kernels))
+    rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers, numerics))
     if out_file and distributed.is_main():  # under torchrun, rank 0 alone has the rows
         from .predictions import write_predictions
         with recording(Path(out_file).parent):  # into a run's manifest, if it is in one
@@ -256,46 +208,44 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
 
 
 def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str = "auto",
-                    num_workers: int | None = None, precision: str | None = None,
-                    deterministic_kernels: bool = False) -> int:
+                    num_workers: int | None = None, numerics: Numerics = Numerics()) -> int:
     """Stream P(fake) for every image in `paths` into `out_file` (.csv or .json) as the batches
     come; memory stays flat however many images there are. Returns the number of rows written."""
     from .predictions import atomic_text_file, write_prediction_rows
     if not distributed.is_main():  # under torchrun: run this rank's share; rank 0 writes the file
         return sum(1 for _ in iter_predictions(run_dir, paths, batch_size, device, num_workers,
-                                               precision, deterministic_kernels))
+                                               numerics))
     out_file = Path(out_file)
     with recording(out_file.parent), atomic_text_file(out_file) as f:  # recorded if in a run
         return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device,
-                                                      num_workers, precision, deterministic_kernels),
+                                                      num_workers, numerics),
                                      f, out_file.suffix)
 
 
 def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size: int = 64,
                  device: str = "auto", num_workers=None, n_bootstrap: int = 1000,
-                 log=print, precision: str | None = None,
-                 deterministic_kernels: bool = True) -> dict:
+                 log=print, numerics: Numerics = Numerics(deterministic_kernels=True)) -> dict:
     """Metrics, figures and predictions of a run on data_dir/split (or on a plain folder holding
     real/ and fake/, for a cross-dataset test). Written to run_dir/eval/<name>/ unless out_dir.
 
     Deterministic kernels by default (determinism.py): evaluating a run twice gives the same
-    metrics on a GPU too. `precision`: default the one the run trained in (run_precision).
+    metrics on a GPU too. `numerics`: the precision (default the one the run trained in) and
+    whether kernels are deterministic.
     Under torchrun, rank 0 does this with every rank's predictions; the other ranks return None."""
     from .metrics import compute_metrics
     from .figures import plt
-    from .split import split_groups
+    from .split_read import split_groups
     model, checkpoint = load_run(run_dir, device)
-    precision = run_precision(checkpoint, precision)
+    prep = numerics.preprocessing(checkpoint)
     data_dir = Path(data_dir)
     # A split folder (data/val) or any folder holding real/ and fake/ (another data set).
     is_split = (data_dir / "split.csv").is_file() or (data_dir / split).is_dir()
     items = list_split(data_dir, split) if is_split else list_labelled_folder(data_dir)
     split = split if is_split else "all"
-    with deterministic(deterministic_kernels):
+    with deterministic(numerics.deterministic_kernels):
         probabilities, failures = stream_probabilities(
-            model, items, checkpoint["img_size"], checkpoint["mean"], checkpoint["std"],
-            batch_size, num_workers, desc=f"evaluate {split}", skip_unreadable=True,
-            decode=run_decode(checkpoint), precision=precision)
+            model, items, prep, batch_size, num_workers, desc=f"evaluate {split}",
+            skip_unreadable=True)
     if not distributed.is_main():
         return None  # under torchrun, this rank's share went to rank 0, which writes the results
     if failures:  # listed in one warning, left out of the metrics; fail only when none is left
@@ -311,8 +261,8 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
                               val_threshold=checkpoint.get("val_threshold"),
                               groups=split_groups(data_dir, items), n_bootstrap=n_bootstrap)
     metrics.update({"data": str(data_dir), "split": split, "run": str(run_dir),
-                    "weights": checkpoint["weights"], "precision": precision,
-                    "deterministic": bool(deterministic_kernels)})
+                    "weights": checkpoint["weights"], "precision": prep.precision,
+                    "deterministic": bool(numerics.deterministic_kernels)})
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "eval" / f"{data_dir.name}-{split}"
     # Into the run's manifest (and that of another run, if out is in one): what this wrote.
@@ -335,10 +285,10 @@ def write_evaluation(run_dir: Path, data_dir: Path, out: Path, out_dir, split: s
     write_predictions(({"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
                        for (p, y), q in zip(items, probabilities)), out / "predictions.csv")
     save_evaluation_figures(labels, probabilities, metrics, out, title_prefix=split.capitalize())
-    trained_on = json.loads((run_dir / "config.json").read_text()).get("data_dir")
+    trained_on = json.loads((run_dir / CONFIG_JSON).read_text()).get("data_dir")
     own_test_split = split == "test" and trained_on and Path(trained_on).resolve() == data_dir.resolve()
     if own_test_split and out_dir is None:  # the held-out result belongs in the run's report
-        (run_dir / "metrics_test.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (run_dir / METRICS_TEST_JSON).write_text(json.dumps(metrics, indent=2) + "\n")
         save_evaluation_figures(labels, probabilities, metrics, run_dir / "figures",
                                 title_prefix="Test", name_prefix="test_")
         write_table(metrics_table_rows(metrics), run_dir / "tables" / "metrics_test",

@@ -17,6 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import TrainConfig
+from .head import StandardizedHead, feature_statistics
+from .preprocessing import Preprocessing
+
 LR_FIND_START, LR_FIND_END, LR_FIND_STEPS = 1e-6, 10.0, 200
 DIVERGED_FACTOR = 4.0        # stop when the smoothed loss exceeds 4 x its minimum (fastai's rule)
 SMOOTHING = 0.95             # exponential moving average of the per-step loss
@@ -108,24 +112,24 @@ def plot_lr_find(result: LRFinderResult, title: str = "Learning-rate finder"):
     return figure
 
 
-def lr_find_on_data(data_dir, weights: str, out_dir, img_size: int = 224, batch_size: int = 32,
-                    standardize: bool = True, seed: int = 0, cache_dir="outputs/cache",
-                    device: str = "auto", num_workers=None, log=print, decode: str = "draft",
-                    resize: str = "auto", precision: str = "fp32") -> LRFinderResult:
-    """`lr-find`: the range test on the train split's features, as `train` would start it (same
-    fresh head, same standardisation, same class weighting). Writes OUT/lr_find.json and
-    OUT/lr_find.{png,pdf}. The features come from (and go to) the same cache as `train`'s, so the
-    training run that follows does not extract them again (`decode`, `resize`, `precision`: as
-    train's, whose defaults they share)."""
+def lr_find_on_data(config: TrainConfig, out_dir, log=print) -> LRFinderResult:
+    """`lr-find`: the range test on the train split of config.data_dir, as `train` with this
+    config would start it (same weights and seed, same fresh head, same standardisation, same
+    class weighting, at config.batch_size). Writes OUT/lr_find.json and OUT/lr_find.{png,pdf}.
+    The features come from (and go to) the same cache as `train`'s, extracted with the same
+    Preprocessing (Preprocessing.from_config), so the training run that follows does not
+    extract them again."""
     from . import CLASS_TO_IDX
-    from .features import cached_features
+    from .features import Views, cached_features
     from .figures import plt, save_figure
     from .model import build_model, pick_device
-    from .split import list_split
+    from .split_read import list_split
     from .files import write_json
-    from .train import StandardizedHead, feature_statistics
+    from .run_dir import LR_FIND_JSON
 
-    device = pick_device(device)
+    data_dir, weights, seed = config.data_dir, config.weights, config.seed
+    batch_size, standardize, img_size = config.batch_size, config.standardize, config.img_size
+    device = pick_device(config.device)
     items = list_split(data_dir, "train")
     labels = torch.tensor([y for _, y in items])
     n_fake = int(labels.sum())
@@ -135,18 +139,17 @@ def lr_find_on_data(data_dir, weights: str, out_dir, img_size: int = 224, batch_
     model.to(device)
     if not record["pretrained"]:
         log(f"RANDOM INIT backbone: {record['note']}")
-    features = cached_features(model, items, img_size=img_size, cache_dir=cache_dir or None,
-                               device=device, num_workers=num_workers, seed=seed,
-                               desc="train features", log=log, decode=decode, resize=resize,
-                               precision=precision)
+    features = cached_features(model, items, Preprocessing.from_config(config),
+                               config.cache_dir or None, Views(seed=seed),
+                               num_workers=config.num_workers, desc="train features", log=log)
     head = StandardizedHead(model.fc, *feature_statistics(features)) if standardize else model.fc
     result = lr_find(head, features, labels, pos_weight=(len(labels) - n_fake) / n_fake,
                      batch_size=batch_size, seed=seed, device=device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "lr_find.json", {**result.record(), "data_dir": str(data_dir),
-                                      "weights": record, "img_size": img_size,
-                                      "batch_size": batch_size, "standardize": standardize})
+    write_json(out / LR_FIND_JSON, {**result.record(), "data_dir": str(data_dir),
+                                    "weights": record, "img_size": img_size,
+                                    "batch_size": batch_size, "standardize": standardize})
     save_figure(plot_lr_find(result), out / "lr_find")
     plt.close("all")
     return result

@@ -45,7 +45,7 @@ def find_run_dir(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def read_manifest(run_dir: str | os.PathLike) -> dict | None:
+def read_run_manifest(run_dir: str | os.PathLike) -> dict | None:
     path = Path(run_dir) / RUN_MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -74,7 +74,7 @@ def start_run_dir(run_dir: str | os.PathLike) -> Path:
 
 
 def mark_complete(run_dir: str | os.PathLike) -> None:
-    manifest = read_manifest(run_dir)
+    manifest = read_run_manifest(run_dir)
     if manifest is not None:
         manifest["complete"] = True
         write_manifest(run_dir, manifest)
@@ -100,7 +100,7 @@ def record_written(run_dir: str | os.PathLike, paths) -> None:
     run_dir are ignored; a run directory without a manifest (made by an older version) is left
     as it is."""
     run_dir = Path(run_dir).absolute()
-    manifest = read_manifest(run_dir)
+    manifest = read_run_manifest(run_dir)
     if manifest is None:
         return
     for path in map(lambda p: Path(p).absolute(), [paths] if isinstance(paths, (str, os.PathLike))
@@ -146,7 +146,7 @@ def recording(folder: str | os.PathLike):
 def foreign_files(run_dir: str | os.PathLike, manifest: dict | None = None) -> list[str]:
     """Files in run_dir (relative paths) that its manifest does not list with these bytes."""
     run_dir = Path(run_dir).absolute()
-    manifest = read_manifest(run_dir) if manifest is None else manifest
+    manifest = read_run_manifest(run_dir) if manifest is None else manifest
     listed = manifest["files"] if manifest else {}
     foreign = []
     for path in sorted(_files_under(run_dir)):
@@ -176,7 +176,7 @@ def remove_run_dir(run_dir: str | os.PathLike) -> None:
     """Delete a run directory's files, all of which must be in its manifest with the same bytes;
     otherwise NotOursError lists the others and nothing is deleted."""
     run_dir = Path(run_dir).absolute()
-    manifest = read_manifest(run_dir)
+    manifest = read_run_manifest(run_dir)
     if manifest is None:
         raise NotOursError(
             f"{run_dir} is not empty and has no {RUN_MANIFEST}: it is not a run directory this "

@@ -28,7 +28,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              precision_recall_fscore_support, roc_auc_score,
                              roc_curve)
 
-from deepfake_detector import CLASS_NAMES, CLASS_TO_IDX
+from . import CLASS_NAMES, CLASS_TO_IDX
 
 ECE_BINS = 15
 CI_LEVEL = 0.95
@@ -36,7 +36,7 @@ CI_LEVEL = 0.95
 
 # ----------------------------------------------------------------------------- inputs
 
-def _check_inputs(y_true, p_fake) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(y_true, p_fake) -> tuple[np.ndarray, np.ndarray]:
     """Labels as 0/1 ints (the strings "real"/"fake" are accepted too), P(fake) as floats."""
     y = np.asarray(y_true).ravel()
     p = np.asarray(p_fake, dtype=float).ravel()
@@ -56,7 +56,7 @@ def _check_inputs(y_true, p_fake) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(int), p
 
 
-def _has_both_classes(y: np.ndarray) -> bool:
+def has_both_classes(y: np.ndarray) -> bool:
     return 0 < y.sum() < y.size
 
 
@@ -100,7 +100,7 @@ def _per_class(y: np.ndarray, y_pred: np.ndarray, notes: list[str]) -> dict:
 
 def _threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float, notes: list[str]) -> dict:
     y_pred = predict_fake(p, threshold)
-    if not _has_both_classes(y):
+    if not has_both_classes(y):
         notes.append("only one class present: balanced accuracy is just that class's recall")
     with warnings.catch_warnings():
         # One class only: sklearn warns, then averages the recall of the class that is there.
@@ -125,8 +125,8 @@ def equal_error_rate(y_true, p_fake) -> tuple[float, float]:
     between the two points that bracket it (so EER is where the interpolated curves meet), and
     the threshold is interpolated with the same weight. sklearn's first ROC point has threshold
     +inf; it is read as 1.0, the largest possible probability. Needs both classes."""
-    y, p = _check_inputs(y_true, p_fake)
-    if not _has_both_classes(y):
+    y, p = check_inputs(y_true, p_fake)
+    if not has_both_classes(y):
         raise ValueError("EER needs both real and fake images")
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     gap = (1 - tpr) - fpr  # FNR - FPR: +1 above every score, -1 below every score
@@ -140,7 +140,7 @@ def equal_error_rate(y_true, p_fake) -> tuple[float, float]:
 
 
 def _ranking_metrics(y: np.ndarray, p: np.ndarray, notes: list[str]) -> dict:
-    if not _has_both_classes(y):
+    if not has_both_classes(y):
         present = CLASS_NAMES[int(y[0])]
         notes.append(f"only one class present ({present}): ROC-AUC, average precision and EER "
                      "are undefined and reported as None")
@@ -159,7 +159,7 @@ def reliability_curve(y_true, p_fake, n_bins: int = ECE_BINS) -> dict:
     Returns NumPy arrays: bin_edges, bin_centres, counts, `confidence` (mean P(fake) in the bin)
     and `accuracy` (the fraction of images in the bin that are truly fake: what P(fake) should
     match if it is calibrated). Empty bins hold NaN in accuracy and confidence."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bin_of = np.digitize(p, edges[1:-1])  # interior edges only, so 1.0 lands in the last bin
     counts = np.bincount(bin_of, minlength=n_bins)
@@ -269,13 +269,13 @@ def bootstrap_ci(y_true, p_fake, threshold: float = 0.5, n_bootstrap: int = 1000
     fixed and both classes in every replicate (so AUC is always defined). Seeded, hence
     deterministic. Images are treated as independent: with many frames per video, use the
     group-level CI instead. On one class only accuracy gets a CI; the others are None."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     if n_bootstrap < 1:
         raise ValueError("n_bootstrap must be at least 1")
     rng = np.random.default_rng(seed)
     class_indices = [np.flatnonzero(y == label) for label in (0, 1)]
     class_indices = [idx for idx in class_indices if idx.size]
-    both = _has_both_classes(y)
+    both = has_both_classes(y)
     names = ("accuracy", "roc_auc", "average_precision") if both else ("accuracy",)
     # The replicates are drawn one by one, exactly as before (the same seed gives the same
     # intervals, bit for bit), then scored a chunk at a time: a Python loop per replicate cost
@@ -318,7 +318,7 @@ def group_level_metrics(y_true, p_fake, groups, threshold: float = 0.5,
     Frames of one video are not independent samples, so these are the numbers (and the CIs) to
     trust when groups exist. A group's label is its images' label; a group whose images carry
     both labels is excluded from everything here and counted in n_mixed_label_groups_excluded."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     group_ids = np.asarray(groups).astype(str).ravel()
     if group_ids.size != y.size:
         raise ValueError(f"{group_ids.size} group ids for {y.size} images")
@@ -363,7 +363,7 @@ def compute_metrics(y_true, p_fake, threshold: float = 0.5, val_threshold: float
     Threshold-free: roc_auc, average_precision, eer (+ eer_threshold), ece (15 bins of P(fake)),
     log_loss, brier. `ci` holds 95% stratified percentile-bootstrap intervals (`bootstrap_ci`).
     With `groups`, `group_level` scores the mean P(fake) per group (`group_level_metrics`)."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     if not 0 <= threshold <= 1 or (val_threshold is not None and not 0 <= val_threshold <= 1):
         raise ValueError("thresholds are probabilities and must lie in [0, 1]")
     notes: list[str] = []
@@ -403,8 +403,8 @@ def choose_threshold(y_true, p_fake) -> float:
     the gap rather than on a validation image, so it does not hinge on one score). Ties go to the
     candidate closest to 0.5, so 0.5 stays whenever it is as good as anything else. With only one
     class there is nothing to balance: warns and returns 0.5."""
-    y, p = _check_inputs(y_true, p_fake)
-    if not _has_both_classes(y):
+    y, p = check_inputs(y_true, p_fake)
+    if not has_both_classes(y):
         warnings.warn("choose_threshold needs both classes; keeping 0.5", stacklevel=2)
         return 0.5
     scores = np.unique(p)

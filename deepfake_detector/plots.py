@@ -15,10 +15,10 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve,
                              roc_auc_score, roc_curve)
 
-from deepfake_detector import CLASS_NAMES
+from . import CLASS_NAMES
 
-from deepfake_detector.figures import paper_style, plt, save_figures
-from deepfake_detector.metrics import (ECE_BINS, _check_inputs, _has_both_classes,
+from .figures import paper_style, plt, save_figures
+from .metrics import (ECE_BINS, check_inputs, has_both_classes,
                                        equal_error_rate, expected_calibration_error, predict_fake,
                                        reliability_curve)
 
@@ -50,7 +50,7 @@ def _placeholder(ax, message: str) -> None:
 @paper_style
 def plot_confusion_matrix(y_true, p_fake, threshold: float = 0.5, title: str = ""):
     """Counts and row-normalised % (the share of each true class), predicted fake at p >= threshold."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     counts = confusion_matrix(y, predict_fake(p, threshold), labels=[0, 1])
     with np.errstate(invalid="ignore", divide="ignore"):
         row_pct = np.nan_to_num(100 * counts / counts.sum(axis=1, keepdims=True))
@@ -69,10 +69,10 @@ def plot_confusion_matrix(y_true, p_fake, threshold: float = 0.5, title: str = "
 @paper_style
 def plot_roc_curve(y_true, p_fake, threshold: float = 0.5, title: str = ""):
     """ROC with AUC in the legend, the EER point, and the operating point at `threshold`."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     fig, ax = plt.subplots(figsize=(3.4, 3.4))
     ax.set_title(_title(title, "ROC curve"))
-    if not _has_both_classes(y):
+    if not has_both_classes(y):
         _placeholder(ax, "ROC undefined:\nonly one class present")
         return fig
     fpr, tpr, _ = roc_curve(y, p)
@@ -96,10 +96,10 @@ def plot_roc_curve(y_true, p_fake, threshold: float = 0.5, title: str = ""):
 @paper_style
 def plot_pr_curve(y_true, p_fake, title: str = ""):
     """Precision-recall for the fake class, AP in the legend, the fake-rate (chance) baseline."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     fig, ax = plt.subplots(figsize=(3.4, 3.4))
     ax.set_title(_title(title, "Precision-recall curve"))
-    if not _has_both_classes(y):
+    if not has_both_classes(y):
         _placeholder(ax, "PR curve undefined:\nonly one class present")
         return fig
     precision, recall, _ = precision_recall_curve(y, p)
@@ -146,7 +146,7 @@ def plot_probability_histogram(y_true, p_fake, threshold: float = 0.5,
                                val_threshold: float | None = None, title: str = "",
                                log_scale: bool = False):
     """P(fake) per true class, with the decision threshold (and a validation threshold) marked."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     bins = np.linspace(0, 1, 31)
     fig, ax = plt.subplots(figsize=(5.6, 3.0))
     for label, name, colour in ((0, "real", REAL_COLOUR), (1, "fake", FAKE_COLOUR)):
@@ -172,17 +172,17 @@ def plot_probability_histogram(y_true, p_fake, threshold: float = 0.5,
 
 def best_epoch_by_val_loss(history: list[dict]) -> int | None:
     """The early-stopping epoch: the smallest val_loss (earliest on ties); None without val_loss."""
-    scored = [(h["val_loss"], _epoch_of(h, i)) for i, h in enumerate(history)
+    scored = [(h["val_loss"], epoch_of(h, i)) for i, h in enumerate(history)
               if h.get("val_loss") is not None]
     return min(scored)[1] if scored else None
 
 
-def _epoch_of(entry: dict, index: int) -> int:
+def epoch_of(entry: dict, index: int) -> int:
     return entry.get("epoch", index + 1)
 
 
 def _plot_series(ax, history: list[dict], key: str, label: str, colour: str) -> None:
-    points = [(_epoch_of(h, i), h[key]) for i, h in enumerate(history) if h.get(key) is not None]
+    points = [(epoch_of(h, i), h[key]) for i, h in enumerate(history) if h.get(key) is not None]
     if points:
         epochs, values = zip(*points)
         ax.plot(epochs, values, marker="o", ms=3, lw=1.5, color=colour, label=label)
@@ -221,7 +221,7 @@ def evaluation_drawings(y_true, p_fake, metrics: dict, out_dir, title_prefix: st
     """The five evaluation figures of a split, not yet drawn: {out_dir/{name_prefix}{name}:
     function drawing it} for figures.save_figures (names in EVALUATION_FIGURES); thresholds come
     from `metrics`."""
-    y, p = _check_inputs(y_true, p_fake)
+    y, p = check_inputs(y_true, p_fake)
     threshold = metrics.get("threshold", 0.5)
     drawings = {  # the costliest to draw first: figures.save_figures deals them out in order
         "reliability": partial(plot_reliability_diagram, y, p,

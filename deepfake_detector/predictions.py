@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from deepfake_detector.tables import _columns, _plain
+from .tables import table_columns, plain_value
 
 # ----------------------------------------------------------------------------- prediction files
 
@@ -28,7 +28,7 @@ def _clean_prediction_row(row: dict, columns: list[str]) -> dict:
     if extra:
         raise ValueError(f"prediction row {row!r} has keys {extra} that the rows before it lack; "
                          "every streamed row needs the keys of the first")
-    clean = {col: _plain(row[col]) for col in columns if col in row}
+    clean = {col: plain_value(row[col]) for col in columns if col in row}
     if not isinstance(clean["prediction"], (int, float)) or not 0 <= clean["prediction"] <= 1:
         raise ValueError(f"prediction must be P(fake) in [0, 1], got {clean['prediction']!r} "
                          f"for {clean['image_id']!r}")
@@ -45,7 +45,7 @@ def write_prediction_rows(rows, file, fmt: str) -> int:
     if fmt not in ("json", "csv"):
         raise ValueError(f"predictions go to .json or .csv, not {fmt!r}")
     if isinstance(rows, list):
-        body, keys = rows, _columns(rows)
+        body, keys = rows, table_columns(rows)
     else:  # a stream: its first row names the columns
         rows = iter(rows)
         first = next(rows, None)

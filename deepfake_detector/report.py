@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deepfake_detector import CLASS_NAMES
-from deepfake_detector.manifest import recording
-from deepfake_detector.plots import (EVALUATION_FIGURES, LEARNING_CURVES_FIGURE, _epoch_of,
+from . import CLASS_NAMES
+from .manifest import recording
+from .run_dir import (CONFIG_JSON, CROSS_DATASET_JSON, DATA_COUNTS_JSON, HISTORY_JSON,
+                      METRICS_TEST_JSON, METRICS_VAL_JSON, PROBE_JSON, REPORT_MD, ROBUSTNESS_JSON)
+from .plots import (EVALUATION_FIGURES, LEARNING_CURVES_FIGURE, epoch_of,
                                      best_epoch_by_val_loss)
-from deepfake_detector.tables import markdown_table, metrics_table_rows
+from .tables import markdown_table, metrics_table_rows
 
 RANDOM_INIT_WARNING = "**RANDOM INIT — NOT IMAGENET-PRETRAINED**"
 
@@ -75,7 +77,7 @@ def _report_training(run_dir: Path, history) -> list[str]:
         seconds = sum(h.get("seconds") or 0 for h in history)
         summary = f"{len(history)} epoch(s), {seconds:.0f} s in total."
         if best is not None:
-            best_entry = next(h for i, h in enumerate(history) if _epoch_of(h, i) == best)
+            best_entry = next(h for i, h in enumerate(history) if epoch_of(h, i) == best)
             summary += f" Best epoch (min val loss {best_entry['val_loss']:.4f}): {best}."
         lines += [summary, ""]
     lines += _image(run_dir, f"figures/{LEARNING_CURVES_FIGURE}.png", "Learning curves")
@@ -197,24 +199,25 @@ def write_report(run_dir) -> Path:
     docstring); each section appears only when its files exist. A random-init backbone
     (weights record with pretrained false) opens the report with RANDOM_INIT_WARNING."""
     run_dir = Path(run_dir)
-    config = load_json(run_dir / "config.json")
-    metrics = {split: load_json(run_dir / f"metrics_{split}.json") for split in ("test", "val")}
+    config = load_json(run_dir / CONFIG_JSON)
+    metrics = {"test": load_json(run_dir / METRICS_TEST_JSON),
+               "val": load_json(run_dir / METRICS_VAL_JSON)}
     lines = _report_warning(config)
     lines += [f"# Run report: {run_dir.resolve().name}", ""]
     preamble = len(lines)
     lines += _report_convergence(config)
-    lines += _report_data(load_json(run_dir / "data_counts.json"))
+    lines += _report_data(load_json(run_dir / DATA_COUNTS_JSON))
     evaluated = {split: m for split, m in metrics.items() if isinstance(m, dict)}
-    lines += _report_probe(load_json(run_dir / "probe.json"), evaluated)
+    lines += _report_probe(load_json(run_dir / PROBE_JSON), evaluated)
     if evaluated:
         lines += ["## Results", ""]
         for split, split_metrics in evaluated.items():
             lines += _report_split(run_dir, split, split_metrics, has_test="test" in evaluated)
-    lines += _report_training(run_dir, load_json(run_dir / "history.json"))
+    lines += _report_training(run_dir, load_json(run_dir / HISTORY_JSON))
     lines += _report_tables(run_dir)
-    robustness = _report_rows("## Robustness", load_json(run_dir / "robustness.json"))
+    robustness = _report_rows("## Robustness", load_json(run_dir / ROBUSTNESS_JSON))
     lines += robustness + (_image(run_dir, "figures/robustness.png", "robustness") if robustness else [])
-    lines += _report_rows("## Cross-dataset", load_json(run_dir / "cross_dataset.json"))
+    lines += _report_rows("## Cross-dataset", load_json(run_dir / CROSS_DATASET_JSON))
     gradcam = _image(run_dir, "gradcam/contact_sheet.png", "Grad-CAM contact sheet")
     gradcam += _report_rows("### Faithfulness", load_json(run_dir / "gradcam" / "faithfulness.json"))
     if gradcam:
@@ -229,7 +232,7 @@ def write_report(run_dir) -> Path:
                       "before publishing._", ""]
     if len(lines) == preamble:
         lines += ["Nothing to report yet: the run directory holds none of the expected files.", ""]
-    report = run_dir / "report.md"
+    report = run_dir / REPORT_MD
     with recording(run_dir):  # a rewritten report stays one of the run's own files
         report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return report

@@ -18,6 +18,7 @@ import io
 import json
 import re
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -32,13 +33,15 @@ from .metrics import compute_metrics
 from .plots import AUC_COLOUR, FAKE_COLOUR, MUTED
 from .report import write_report
 from .tables import write_table
-from .features import inference_pass
+from .features import head_in_fp32, inference_pass
 from .figures import paper_style, plt, save_figure
-from .inference import evaluate_run, load_run
+from .inference import evaluate_run
 from .images import regular_file_problem
 from .files import sha256_of_file
+from .preprocessing import Preprocessing
 from .manifest import recording
-from .split import list_labelled_folder, list_split, read_manifest
+from .run_dir import CONFIG_JSON, CROSS_DATASET_JSON, load_run
+from .split_read import list_labelled_folder, list_split, read_split_manifest
 
 # ----------------------------------------------------------------------------- perturbations
 
@@ -103,20 +106,24 @@ def labelled_items(data_dir, split: str = "val") -> tuple[list[tuple[Path, int]]
     return list_labelled_folder(data_dir), "all"
 
 
-def predict_perturbed(model, items, perturbation, img_size: int, mean, std, batch_size: int = 64,
+def predict_perturbed(model, items, perturbation, prep: Preprocessing, batch_size: int = 64,
                       num_workers: int | None = None, desc: str = "predict") -> np.ndarray:
-    """P(fake) per (path, label), each image perturbed before the checkpoint's resize.
+    """P(fake) per (path, label), each image perturbed before the model's resize.
 
-    The pass of inference.stream_probabilities with the perturbation in front: workers decode,
-    perturb and resize to uint8, this process normalises each batch. The test suite checks that
-    "clean" reproduces evaluate_run's numbers exactly."""
+    The pass of inference.stream_probabilities with the perturbation in front: workers decode
+    (as prep.decode says), perturb and resize to uint8 with PIL (prep.resize does not apply: the
+    perturbation needs the picture), this process normalises each batch; the model computes in
+    prep.precision. The test suite checks that "clean" reproduces evaluate_run's numbers
+    exactly."""
     device = next(model.parameters()).device
-    transform = transforms.Compose([perturbation, uint8_transform(img_size)])
-    loader = make_loader(items, transform, batch_size, num_workers=num_workers, device=device)
+    transform = transforms.Compose([perturbation, uint8_transform(prep.img_size)])
+    loader = make_loader(items, transform, batch_size, num_workers=num_workers, device=device,
+                         decode_size=prep.decode_size)
     probabilities = np.empty(len(items), dtype=np.float64)
-    with inference_pass(model, device):
+    with inference_pass(model, device, prep.precision):
         for images, _, indices in tqdm(loader, desc=desc, unit="batch", leave=False):
-            logits = model(normalize_batch(images, mean, std, device)).float()
+            x = normalize_batch(images, prep.mean, prep.std, device)
+            logits = model(x).float() if prep.precision == "fp32" else head_in_fp32(model, x)
             probabilities[indices.numpy()] = torch.sigmoid(logits).squeeze(1).cpu().numpy()
     return probabilities
 
@@ -147,14 +154,17 @@ def robustness_table(run_dir, data_dir, split: str = "val", perturbations: dict 
     run_dir = Path(run_dir)
     perturbations = PERTURBATIONS if perturbations is None else perturbations
     model, checkpoint = load_run(run_dir, device)
+    # As this table has always been made: perturbations act on the file at its own resolution
+    # (every pixel decoded), and the model computes in fp32, whatever the run trained with. For a
+    # "draft" or mixed-precision run the clean row can therefore differ from evaluate_run's.
+    prep = replace(Preprocessing.from_checkpoint(checkpoint), decode="full", precision="fp32")
     items, split = labelled_items(data_dir, split)
     labels = np.array([y for _, y in items])
     test_set = data_name(data_dir) if split == "all" else f"{data_name(data_dir)}/{split}"
     rows = []
     for name, perturbation in perturbations.items():
-        probabilities = predict_perturbed(model, items, perturbation, checkpoint["img_size"],
-                                          checkpoint["mean"], checkpoint["std"], batch_size,
-                                          num_workers, desc=name)
+        probabilities = predict_perturbed(model, items, perturbation, prep, batch_size, num_workers,
+                                          desc=name)
         rows.append({"test set": test_set,
                      **robustness_row(name, labels, probabilities, checkpoint, n_bootstrap)})
         log(f"{name:>14}: accuracy {rows[-1]['accuracy']:.4f}, ROC-AUC {rows[-1]['roc_auc']}")
@@ -214,13 +224,13 @@ def file_hashes(paths) -> set[str]:
 def seen_in_training(run_dir: Path, items) -> tuple[str | None, int | None]:
     """(the run's training data folder, how many of `items` are byte-identical to one of its
     training images); the count is None when the training data are gone and cannot be checked."""
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_JSON
     train_dir = json.loads(config_path.read_text()).get("data_dir") if config_path.is_file() else None
     if not train_dir:
         return None, None
     try:
         if (Path(train_dir) / "split.csv").is_file():  # the split recorded every file's hash
-            seen = {row["sha256"] for row in read_manifest(train_dir) if row["split"] == "train"}
+            seen = {row["sha256"] for row in read_split_manifest(train_dir) if row["split"] == "train"}
         else:
             seen = file_hashes(path for path, _ in list_split(train_dir, "train"))
     except (OSError, ValueError):
@@ -259,7 +269,7 @@ def cross_dataset_row(run_dir, data_dir, name: str | None = None, split: str | N
            "average_precision": metrics["average_precision"], "accuracy": metrics["accuracy"],
            "accuracy_at_val_threshold": metrics["accuracy_at_val_threshold"],
            "eer": metrics["eer"], "n_seen_in_training": n_seen}
-    path = run_dir / "cross_dataset.json"
+    path = run_dir / CROSS_DATASET_JSON
     rows = json.loads(path.read_text()) if path.is_file() else []
     rows = [r for r in rows if r.get("test set") != name] + [row]
     with recording(run_dir):
@@ -282,7 +292,7 @@ def data_name(path) -> str | None:
 
 def _has_split(data_dir: Path, split: str) -> bool:
     if (data_dir / "split.csv").is_file():
-        return any(row["split"] == split for row in read_manifest(data_dir))
+        return any(row["split"] == split for row in read_split_manifest(data_dir))
     return (data_dir / split).is_dir()
 
 

@@ -28,9 +28,10 @@ def check_streamlit() -> None:
 
 
 def check_run(run_dir: str | os.PathLike) -> Path:
+    from .run_dir import CHECKPOINT  # here, not at the top: the command line's help stays light
     run_dir = Path(run_dir)
-    if not (run_dir / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"No checkpoint.pt in {run_dir}: give --run a run directory made "
+    if not (run_dir / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"No {CHECKPOINT} in {run_dir}: give --run a run directory made "
                                 "by `python -m deepfake_detector train` (or use --demo).")
     return run_dir.resolve()
 
@@ -66,10 +67,11 @@ def demo_run(root: str | os.PathLike = DEMO_ROOT, raw: str | os.PathLike = DEMO_
     n_per_class and image_size default to the demo's (demo_data.DEMO_*)."""
     from .demo_data import DEMO_IMAGE_SIZE, DEMO_N_PER_CLASS, generate_demo_data
     from .split import split_dataset
+    from .run_dir import CHECKPOINT, CONFIG_JSON, REPORT_MD
     from .train import TrainConfig, train
     root = Path(root)
     run_dir = root / "run"
-    if (run_dir / "report.md").is_file() and (run_dir / "checkpoint.pt").is_file():
+    if (run_dir / REPORT_MD).is_file() and (run_dir / CHECKPOINT).is_file():
         log(f"using the demo run trained before: {run_dir} (delete it to train again)")
         return run_dir
     image_size = image_size or DEMO_IMAGE_SIZE
@@ -82,7 +84,7 @@ def demo_run(root: str | os.PathLike = DEMO_ROOT, raw: str | os.PathLike = DEMO_
                          weights="imagenet-or-none", img_size=image_size, lr=3e-3,
                          epochs=200, patience=5, seed=0,
                          cache_dir=str(root.parent / "cache"),  # outputs/cache for the default root
-                         overwrite=(run_dir / "config.json").is_file())  # an interrupted demo run
+                         overwrite=(run_dir / CONFIG_JSON).is_file())  # an interrupted demo run
     return train(config, log_to_console=log is print)
 
 

@@ -20,7 +20,7 @@ def latex_escape(text) -> str:
     return "".join(_LATEX_SPECIAL.get(char, char) for char in str(text))
 
 
-def _columns(rows: list[dict]) -> list[str]:
+def table_columns(rows: list[dict]) -> list[str]:
     """Every key of every row, in order of first appearance."""
     return list(dict.fromkeys(key for row in rows for key in row))
 
@@ -55,7 +55,7 @@ def _numeric_columns(rows: list[dict], columns: list[str]) -> set[str]:
 
 def markdown_table(rows: list[dict], float_format: str = "{:.4f}") -> str:
     """A GitHub-Markdown table: header row, alignment row (numbers right), one line per row."""
-    columns = _columns(rows)
+    columns = table_columns(rows)
     numeric = _numeric_columns(rows, columns)
 
     def cell(value) -> str:
@@ -70,7 +70,7 @@ def markdown_table(rows: list[dict], float_format: str = "{:.4f}") -> str:
 def latex_table(rows: list[dict], caption: str = "", label: str = "",
                 float_format: str = "{:.4f}") -> str:
     """A booktabs tabular (needs \\usepackage{booktabs}), in a table float when captioned."""
-    columns = _columns(rows)
+    columns = table_columns(rows)
     numeric = _numeric_columns(rows, columns)
 
     def cell(value) -> str:
@@ -96,8 +96,8 @@ def _csv_cell(value):
     if value is None:
         return ""
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(_plain(value))
-    return _plain(value)
+        return json.dumps(plain_value(value))
+    return plain_value(value)
 
 
 def write_table(rows: list[dict], path_stem, caption: str = "",
@@ -111,7 +111,7 @@ def write_table(rows: list[dict], path_stem, caption: str = "",
     md_path, csv_path, tex_path = (Path(f"{stem}.{ext}") for ext in ("md", "csv", "tex"))
     markdown = markdown_table(rows, float_format)
     md_path.write_text((f"**{caption}**\n\n" if caption else "") + markdown + "\n", encoding="utf-8")
-    columns = _columns(rows)
+    columns = table_columns(rows)
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -125,7 +125,7 @@ def metrics_table_rows(metrics: dict) -> list[dict]:
     """Rows (metric, value, 95% CI) for the main results table, from a `compute_metrics` dict."""
     # Imported here: predict writes its files with this module, and metrics.py pulls in
     # scikit-learn, ~3 s of import that a predict never needs.
-    from deepfake_detector.metrics import ECE_BINS
+    from .metrics import ECE_BINS
     ci = metrics.get("ci") or {}
     threshold = metrics.get("threshold", 0.5)
     rows = [{"metric": "Images", "value": metrics.get("n_images"), "95% CI": None},
@@ -158,7 +158,7 @@ def metrics_table_rows(metrics: dict) -> list[dict]:
     return rows
 
 
-def _plain(value):
+def plain_value(value):
     """A JSON/CSV-ready Python value. NumPy floats keep their own precision: float32 0.00025 is
     written as 0.00025 (its shortest round-trip repr), not as 0.0002500000118743628."""
     if isinstance(value, np.ndarray) and value.ndim == 0:
@@ -170,7 +170,7 @@ def _plain(value):
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_value(v) for k, v in value.items()}
     return value

@@ -31,13 +31,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import decode_size, normalize_batch, run_decode, try_decode_image, uint8_transform
+from .data import normalize_batch, try_decode_image, uint8_transform
 # At import, not at the first download: the report pulls in scikit-learn and matplotlib (2.4 s the
 # first time on 2 busy cores), which the app's first user would otherwise wait for.
 from .predictions import write_prediction_rows
 from .report import load_json
+from .run_dir import (CHECKPOINT, CONFIG_JSON, CROSS_DATASET_JSON, DATA_COUNTS_JSON,
+                      METRICS_VAL_JSON)
 from .gradcam import overlay, raw_grad_cam_both, scale_cams
 from .inference import decision_threshold
+from .preprocessing import Preprocessing
 
 # A photo from a phone is 2-12 MB as JPEG, a 50 MP one 15-20 MB. A PNG screenshot of 4K is about
 # 10 MB. More than 20 MB per file is rarely a photograph and costs memory on a shared machine.
@@ -198,15 +201,16 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
     """Verdict, P(fake), confidence band and Grad-CAM maps (both targets) for each
     (file name, bytes), in order. Bad files get `error` and the rest still go through.
 
-    The model input is made exactly as predict makes it (decoded as the run was trained, a large
-    JPEG at reduced size for a "draft" run; resize to the run's img_size, the same uint8 ->
-    normalised steps), so P(fake) is predict's P(fake) for the same file. One forward
-    and one backward pass per batch of `batch_size` images; only a batch is decoded at a time.
+    The model input is made exactly as predict makes it (the run's Preprocessing: decoded as the
+    run was trained, a large JPEG at reduced size for a "draft" run; resized with PIL to its
+    img_size, the same uint8 -> normalised steps), so P(fake) is predict's P(fake) for the same
+    file in fp32 (the maps are computed in fp32, whatever the run trained in). One forward and
+    one backward pass per batch of `batch_size` images; only a batch is decoded at a time.
     """
-    img_size, mean, std = checkpoint["img_size"], checkpoint["mean"], checkpoint["std"]
+    prep = Preprocessing.from_checkpoint(checkpoint)
     threshold = decision_threshold(checkpoint)
-    to_pixels = uint8_transform(img_size)
-    target_size = decode_size(run_decode(checkpoint), img_size)
+    to_pixels = uint8_transform(prep.img_size)
+    target_size = prep.decode_size
     device = next(model.parameters()).device
     ids = unique_ids([name for name, _ in uploads])
     results = []
@@ -224,7 +228,7 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
         good = [r for r in batch if r.ok]
         if good:
             maps, logits = raw_grad_cam_both(
-                model, normalize_batch(torch.stack(pixels), mean, std, device))
+                model, normalize_batch(torch.stack(pixels), prep.mean, prep.std, device))
             maps = {t: m.float().cpu().numpy() for t, m in maps.items()}
             logits = logits.float().cpu()
             probabilities = torch.sigmoid(logits).numpy()
@@ -335,25 +339,25 @@ def model_card(run_dir: str | os.PathLike, checkpoint: dict) -> dict:
     threshold, image size, date, cross-dataset rows."""
     from .demo_data import synthetic_origin
     run_dir = Path(run_dir)
-    config = load_json(run_dir / "config.json") or {}
+    config = load_json(run_dir / CONFIG_JSON) or {}
     weights = checkpoint.get("weights") or config.get("weights_record") or {}
     synthetic = config.get("synthetic_data")
     if "synthetic_data" not in config and config.get("data_dir"):  # runs from before the record
         synthetic = synthetic_origin(config["data_dir"])
     trained_at = config.get("trained_at")
-    if not trained_at and (run_dir / "checkpoint.pt").is_file():
-        trained_at = datetime.fromtimestamp((run_dir / "checkpoint.pt").stat().st_mtime,
+    if not trained_at and (run_dir / CHECKPOINT).is_file():
+        trained_at = datetime.fromtimestamp((run_dir / CHECKPOINT).stat().st_mtime,
                                             timezone.utc).isoformat(timespec="seconds")
     has_val_threshold = checkpoint.get("val_threshold") is not None
-    cross = load_json(run_dir / "cross_dataset.json")
+    cross = load_json(run_dir / CROSS_DATASET_JSON)
     return {
         "run_dir": str(run_dir),
         "weights": weights,
         "random_init": weights.get("pretrained") is False,
         "synthetic": synthetic,
         "data_dir": config.get("data_dir"),
-        "data_counts": load_json(run_dir / "data_counts.json"),
-        "val_metrics": metric_rows(load_json(run_dir / "metrics_val.json")),
+        "data_counts": load_json(run_dir / DATA_COUNTS_JSON),
+        "val_metrics": metric_rows(load_json(run_dir / METRICS_VAL_JSON)),
         "threshold": decision_threshold(checkpoint),
         "threshold_source": ("chosen on the validation split (maximum balanced accuracy)"
                              if has_val_threshold else

@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 
 from . import CLASS_NAMES
-from .data import (IMAGENET_MEAN, IMAGENET_STD, ImageLoadError, decode_size, eval_transform,
-                   open_image)
+from .data import ImageLoadError, eval_transform, open_image
 from .figures import plt
 from .gradcam import OUTCOMES, grad_cam_with_logits, outcome_of, overlay
 from .images import decode_image
+from .preprocessing import Preprocessing
 
 OPTIMISM_NOTE = ("A threshold tuned on a split and reported on the same split is optimistic: "
                  "the numbers flatter it. Choose the threshold on val, then report it on the test "
@@ -115,13 +115,12 @@ class ThresholdExplorer(_Displayable):
 class _CamView:
     """Shared by the browser and the upload box: P(fake) and the Grad-CAM of one image."""
 
-    def __init__(self, model, img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, layer=None,
-                 decode: str = "full"):
-        self.model, self.layer = model, layer
-        self.transform = eval_transform(img_size, mean, std)
+    def __init__(self, model, prep: Preprocessing, layer=None):
+        self.model, self.layer, self.precision = model, layer, prep.precision
+        self.transform = eval_transform(prep.img_size, prep.mean, prep.std)
         # The model's input is decoded as the run trained (a large JPEG at reduced size with
         # "draft"); the picture beside the map is the image itself.
-        self.target_size = decode_size(decode, img_size)
+        self.target_size = prep.decode_size
 
     def pictures(self, source) -> tuple[Image.Image, Image.Image]:
         """(the picture to show, the model's input) of `source` (a path): one decode, and a
@@ -132,17 +131,19 @@ class _CamView:
 
     def explain(self, image: Image.Image, target: str):
         batch = self.transform(image)[None].to(next(self.model.parameters()).device)
-        result = grad_cam_with_logits(self.model, batch, target=target, layer=self.layer)
+        result = grad_cam_with_logits(self.model, batch, target=target, layer=self.layer,
+                                      precision=self.precision)
         return float(result.probabilities[0]), result.cams[0]
 
 
 class ImageBrowser(_Displayable, _CamView):
     """Validation images filtered by outcome (tp/tn/fp/fn at `threshold`), each with P(fake) and
-    its Grad-CAM for the target fake or real."""
+    its Grad-CAM for the target fake or real. `prep`: the model's input as the run was trained
+    (Preprocessing.from_config or from_checkpoint)."""
 
-    def __init__(self, model, paths, labels, probabilities, img_size: int, threshold: float = 0.5,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, layer=None, decode: str = "full"):
-        _CamView.__init__(self, model, img_size, mean, std, layer, decode)
+    def __init__(self, model, paths, labels, probabilities, prep: Preprocessing,
+                 threshold: float = 0.5, layer=None):
+        _CamView.__init__(self, model, prep, layer)
         self.paths = [Path(p) for p in paths]
         self.labels = [int(y) for y in labels]
         self.probabilities = [float(p) for p in probabilities]
@@ -204,11 +205,10 @@ class ImageBrowser(_Displayable, _CamView):
 
 class UploadBox(_Displayable, _CamView):
     """Try one's own image: P(fake), the verdict at `threshold` (the one chosen on val) and its
-    Grad-CAM for the verdict."""
+    Grad-CAM for the verdict. `prep`: as ImageBrowser's."""
 
-    def __init__(self, model, img_size: int, threshold: float, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD, layer=None, decode: str = "full"):
-        _CamView.__init__(self, model, img_size, mean, std, layer, decode)
+    def __init__(self, model, prep: Preprocessing, threshold: float, layer=None):
+        _CamView.__init__(self, model, prep, layer)
         self.threshold = threshold
         self.upload = widgets.FileUpload(accept="image/*", multiple=False,
                                          description="Your image")

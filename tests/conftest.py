@@ -6,6 +6,7 @@ Even a randomly initialised frozen ResNet-18 separates them, so tests can train 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,13 @@ def trained_run(tmp_path_factory, split_data) -> Path:
     config = TrainConfig(data_dir=str(split_data), out_dir=str(out), weights="none", img_size=32,
                          lr=1e-2, cache_dir="", num_workers=0)
     return train(config, log_to_console=False)
+
+
+@pytest.fixture
+def run_to_change(trained_run, tmp_path) -> Path:
+    """A copy of the shared trained run, at tmp_path / "run", for a test that writes into it or
+    replaces it: copying takes milliseconds, training seconds."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run", symlinks=True))
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,9 @@ import shutil
 
 import pytest
 
+from deepfake_detector.discovery import find_images
 from deepfake_detector.inference import evaluate_run
-from deepfake_detector.split import find_images, split_dataset
+from deepfake_detector.split import split_dataset
 from deepfake_detector.train import TrainConfig, train
 
 from conftest import CIFAKE_DIR

@@ -17,10 +17,12 @@ from deepfake_detector.data import (DEVICE_RESIZE_MEAN_TOLERANCE, DEVICE_RESIZE_
                                     resize_batch, resolve_resize, uint8_transform)
 from deepfake_detector.features import cache_key, extract_features
 from deepfake_detector.explain import explain_images
+from deepfake_detector.preprocessing import Preprocessing
 from deepfake_detector.images import ImageLoadError, decode_image
 from deepfake_detector.inference import iter_probabilities, load_run, predict_paths
 from deepfake_detector.model import build_model
-from deepfake_detector.train import TrainConfig, image_batches, train
+from deepfake_detector.image_path import image_batches
+from deepfake_detector.train import TrainConfig, train
 from deepfake_detector.uploads import explain_uploads
 
 
@@ -117,8 +119,7 @@ def test_exif_rotation_applies_to_the_reduced_decode(tmp_path):
 
 def test_cache_key_tells_decode_modes_and_resize_places_apart(model, large_jpegs):
     items = [(path, 0) for path in large_jpegs]
-    keys = {cache_key(model, items, SIZE, IMAGENET_MEAN, IMAGENET_STD, None, 1, 0, torch.float32,
-                      decode, resize)
+    keys = {cache_key(model, items, Preprocessing(img_size=SIZE, decode=decode, resize=resize))
             for decode in ("draft", "full") for resize in ("pil", "device")}
     assert len(keys) == 4
     assert resolve_resize("auto", "cpu") == "pil"          # measured fastest on the CPU
@@ -154,8 +155,9 @@ def test_a_run_records_its_decode_and_predict_decodes_the_same_way(tmp_path):
 
     def probabilities(decode):
         out = np.empty(len(items))
-        for indices, p in iter_probabilities(model, items, SIZE, checkpoint["mean"],
-                                             checkpoint["std"], decode=decode, num_workers=0):
+        prep = Preprocessing(img_size=SIZE, mean=checkpoint["mean"], std=checkpoint["std"],
+                             decode=decode)
+        for indices, p in iter_probabilities(model, items, prep, num_workers=0):
             out[indices] = p
         return out
 
@@ -214,11 +216,12 @@ def test_device_resize_features_stay_within_tolerance_of_pil_resize_features(mod
     """One uint8 level (0.0175 after normalisation) on a few pixels moves a random-init
     ResNet-18's 512 features by a small fraction of their spread."""
     items = [(path, 0) for path in large_jpegs]
-    pil = extract_features(model, items, SIZE, decode="draft", resize="pil", num_workers=0)
-    device = extract_features(model, items, SIZE, decode="draft", resize="device", num_workers=0)
+    pil = extract_features(model, items, Preprocessing(SIZE, resize="pil"), num_workers=0)
+    device = extract_features(model, items, Preprocessing(SIZE, resize="device"), num_workers=0)
     spread = pil.std().item()
     assert 0 < (pil - device).abs().max().item() < 0.05 * spread
-    full = extract_features(model, items, SIZE, decode="full", resize="pil", num_workers=0)
+    full = extract_features(model, items, Preprocessing(SIZE, decode="full", resize="pil"),
+                            num_workers=0)
     assert (pil - full).abs().max() > (pil - device).abs().max()  # the decode mode matters more
 
 
@@ -245,22 +248,22 @@ def test_extraction_predict_plain_loop_gradcam_uploads_and_widgets_see_the_same_
     assert not torch.equal(reference, full)  # the reduced decode is what is being checked
     inputs = ModelInputs(model)
     try:
-        extract_features(model, items, SIZE, decode="draft", num_workers=0)
+        draft = Preprocessing(img_size=SIZE, decode="draft")
+        extract_features(model, items, draft, num_workers=0)
         extraction = inputs.take()
-        list(iter_probabilities(model, items, SIZE, IMAGENET_MEAN, IMAGENET_STD, decode="draft",
-                                num_workers=0))
+        list(iter_probabilities(model, items, draft, num_workers=0))
         predict = inputs.take()
         config = TrainConfig(img_size=SIZE, batch_size=2, num_workers=0, decode="draft")
         plain = torch.cat([images.cpu() for images, _ in
                            image_batches(items, eval_transform(SIZE), config, None, "cpu")])
-        explain_images(model, large_jpegs, tmp_path / "cams", SIZE, batch_size=2, decode="draft")
+        explain_images(model, large_jpegs, tmp_path / "cams", draft, batch_size=2)
         gradcam = inputs.take()
         checkpoint = {"img_size": SIZE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                       "decode": "draft"}
         explain_uploads(model, checkpoint, [(p.name, p.read_bytes()) for p in large_jpegs])
         uploads = inputs.take()
         from deepfake_detector.widgets import UploadBox
-        box = UploadBox(model, SIZE, threshold=0.5, decode="draft")
+        box = UploadBox(model, draft, threshold=0.5)
         for path in large_jpegs:
             box.show_bytes(path.read_bytes(), path.name)
         upload_box = inputs.take()[::2]  # each upload: P(fake), then the map of its verdict
@@ -314,19 +317,28 @@ HUGE_PAGE_PROBE = """
 import os, sys
 before = os.environ.get("THP_MEM_ALLOC_ENABLE")
 import deepfake_detector, torch
+after_import = os.environ.get("THP_MEM_ALLOC_ENABLE")
+if sys.argv[1] == "program":  # what the command line and the notebook's setup cell do
+    from deepfake_detector.huge_pages import prefer_huge_pages
+    prefer_huge_pages()
 def huge_kb():
     with open("/proc/self/smaps_rollup") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
 start = huge_kb()
 activations = torch.ones(64, 64, 112, 112)  # 205 MB: ResNet-18's first activation at batch 64
-print(before, os.environ.get("THP_MEM_ALLOC_ENABLE"), huge_kb() - start)
+print(before, after_import, os.environ.get("THP_MEM_ALLOC_ENABLE"), huge_kb() - start)
 """
 
 
-@pytest.mark.parametrize("preset, on_huge_pages", [(None, True), ("0", False)])
-def test_large_cpu_tensors_sit_on_huge_pages_unless_the_user_says_no(preset, on_huge_pages):
-    """Importing the package asks PyTorch for transparent huge pages (THP_MEM_ALLOC_ENABLE): a
-    205 MB tensor then mostly sits on 2 MB pages; a value already in the environment wins."""
+@pytest.mark.parametrize("preset, caller, on_huge_pages", [
+    (None, "program", True),     # the command line / the notebook's setup cell: huge pages
+    ("0", "program", False),     # the user said no: that wins
+    (None, "import only", False),  # importing the package changes nothing in the process
+])
+def test_large_cpu_tensors_sit_on_huge_pages_when_the_program_asks(preset, caller, on_huge_pages):
+    """prefer_huge_pages() (called by the command line and the notebook's setup cell, never by an
+    import) asks PyTorch for transparent huge pages (THP_MEM_ALLOC_ENABLE): a 205 MB tensor then
+    mostly sits on 2 MB pages; a value already in the environment wins."""
     import os
     import subprocess
     import sys
@@ -337,12 +349,21 @@ def test_large_cpu_tensors_sit_on_huge_pages_unless_the_user_says_no(preset, on_
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     if preset is not None:
         env["THP_MEM_ALLOC_ENABLE"] = preset
-    done = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE], env=env, capture_output=True,
-                          text=True, check=True)
-    before, after, huge_kb = done.stdout.split()
-    assert before == str(preset)
-    assert after == (preset or "1")
+    done = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE, caller], env=env,
+                          capture_output=True, text=True, check=True)
+    before, after_import, after, huge_kb = done.stdout.split()
+    assert before == after_import == str(preset)  # the import alone leaves the environment be
+    assert after == (preset or ("1" if caller == "program" else "None"))
     if on_huge_pages:
         assert int(huge_kb) >= 150 * 1024, f"only {huge_kb} kB of 205 MB on huge pages"
     else:
         assert int(huge_kb) == 0
+
+
+def test_the_command_line_turns_huge_pages_on(monkeypatch):
+    """The program's start, not the import, sets the switch: main() does it before any command."""
+    from deepfake_detector import cli
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert cli.main(["--", "audit", "--data", "/nonexistent-folder"]) == 2
+    import os
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from deepfake_detector.demo_data import generate_demo_data, make_fake_example
-from deepfake_detector.split import find_images
+from deepfake_detector.discovery import find_images
 
 
 def files_and_bytes(folder):

@@ -2,7 +2,8 @@
 
 Each launch test starts `python -m torch.distributed.run` (the torchrun script) on localhost and
 compares what rank 0 wrote with a single-process run of the same command in this process. Both
-run on one thread per process: the same work per batch, the same kernels, the same floats.
+run on one thread per process: the same work per batch, the same kernels, the same floats. The
+launches all start at once (the `launches` fixture) and run side by side.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -71,31 +74,45 @@ def launch_environment() -> dict:
 
 def start(torchrun_options: list[str], command: list[str], cwd: Path) -> subprocess.Popen:
     """torchrun [options] -m deepfake_detector -- command, in its own process group (so that a
-    test which fails or times out can stop torchrun and every worker it started)."""
+    test which fails or times out can stop torchrun and every worker it started). Its stdout and
+    stderr go to files, not pipes: a launch running in the background never waits on a full pipe."""
     argv = [sys.executable, "-m", "torch.distributed.run", *torchrun_options,
             "-m", "deepfake_detector", "--", *command]
-    return subprocess.Popen(argv, cwd=cwd, env=launch_environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    process = subprocess.Popen(argv, cwd=cwd, env=launch_environment(), stdout=out, stderr=err,
+                               start_new_session=True)
+    process.output_files = (out, err)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    """torchrun and every worker it started, if still running."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def ended(process: subprocess.Popen) -> tuple[str, str]:
+    """(stdout, stderr) of a launch once it has ended; stopped, workers and all, on timeout."""
+    def read(file) -> str:
+        file.seek(0)
+        return file.read().decode(errors="replace")
+    try:
+        process.wait(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        stop(process)
+        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT} s:\n"
+                    f"{read(process.output_files[1])[-3000:]}")
+    finally:
+        stop(process)
+    return read(process.output_files[0]), read(process.output_files[1])
 
 
 def finish(process: subprocess.Popen) -> tuple[str, str]:
-    """(stdout, stderr) of a launch that must succeed; stopped, workers and all, on timeout."""
-    try:
-        out, err = process.communicate(timeout=LAUNCH_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT} s:\n{err[-3000:]}")
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    """(stdout, stderr) of a launch that must succeed."""
+    out, err = ended(process)
     assert process.returncode == 0, f"torchrun failed ({process.returncode}):\n{err[-3000:]}"
     return out, err
-
-
-def torchrun(command: list[str], cwd: Path, nproc: int = 2) -> tuple[str, str]:
-    """One machine, `nproc` processes, a free port on localhost (--standalone)."""
-    return finish(start(["--standalone", f"--nproc_per_node={nproc}"], command, cwd))
 
 
 def one_process(command: list[str], capsys) -> tuple[str, str]:
@@ -124,33 +141,6 @@ def images_with_a_broken_one(tmp_path_factory) -> Path:
     return root
 
 
-def test_torchrun_predict_writes_the_file_one_process_writes(trained_run, images_with_a_broken_one,
-                                                            tmp_path, capsys):
-    command = ["predict", "--run", str(trained_run), str(images_with_a_broken_one / "real"),
-               str(images_with_a_broken_one / "fake"), "--batch-size", "8", "--out"]
-    _, single_err = one_process(command + [str(tmp_path / "one.csv")], capsys)
-    _, err = torchrun(command + ["two.csv"], tmp_path)
-    one, two = (tmp_path / "one.csv").read_bytes(), (tmp_path / "two.csv").read_bytes()
-    assert two == one
-    assert len(one.splitlines()) == 1 + 41
-    # The unreadable file is reported once (by rank 0), in the single process's words.
-    assert "41 predictions written to two.csv" in err and err.count("41 predictions") == 1
-    assert err.count("1 file(s) could not be read and were skipped") == 1
-    assert "broken.png" in err and "broken.png" in single_err
-
-
-def test_torchrun_evaluate_writes_the_metrics_and_predictions_one_process_writes(
-        trained_run, split_data, tmp_path, capsys):
-    command = ["evaluate", "--run", str(trained_run), "--data", str(split_data),
-               "--split", "train", "--batch-size", "8", "--out"]
-    single_out, _ = one_process(command + [str(tmp_path / "one")], capsys)
-    out, _ = torchrun(command + [str(tmp_path / "two")], tmp_path)
-    assert out == single_out  # the metrics as JSON, printed once
-    for name in ("metrics.json", "predictions.csv"):
-        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
-    assert len((tmp_path / "two" / "predictions.csv").read_text().splitlines()) == 1 + 64
-
-
 @pytest.fixture(scope="module")
 def bigger_split(tmp_path_factory) -> Path:
     """144 train images: 3 extraction batches of 64 (64, 64, 16), so both ranks extract."""
@@ -161,17 +151,100 @@ def bigger_split(tmp_path_factory) -> Path:
     return root / "data"
 
 
+@pytest.fixture(scope="module")
+def unreadable_split(tmp_path_factory) -> SimpleNamespace:
+    """A folder holding `data`: a split of 180 images (3 extraction batches of 64) with one file
+    that is not an image, in rank 1's batch."""
+    from deepfake_detector.split import split_dataset
+    from deepfake_detector.split_read import list_split
+    root = tmp_path_factory.mktemp("unreadable")
+    raw = make_raw_dataset(root / "raw", n_real=90, n_fake=90, size=16, seed=2)
+    split_dataset(raw, root / "data", seed=0)
+    broken = list_split(root / "data", "train")[100][0]  # batch 1 of 3: rank 1's
+    broken.write_bytes(b"not an image")
+    return SimpleNamespace(root=root, broken=broken)
+
+
+@pytest.fixture(scope="module")
+def launches(trained_run, split_data, images_with_a_broken_one, bigger_split, unreadable_split,
+             tmp_path_factory) -> dict[str, SimpleNamespace]:
+    """Every torchrun launch of this module, started at once, each in its own folder (`cwd`); a
+    test waits for its own and compares it with the same `command` run in one process.
+
+    A launch is mostly three Python processes starting and importing torch, one after another:
+    about one core for ~8 s. One after another the six launches took ~55 s on two cores; side by
+    side they keep both cores busy, beside the single-process runs the tests compare them with.
+    Launches that no test waited for (deselected tests) are stopped at the end."""
+    root = tmp_path_factory.mktemp("launches")
+    two_processes = ["--standalone", "--nproc_per_node=2"]
+    launches = {}
+
+    def launch(name, command, output_args=(), starts=None, cwd=None):
+        if cwd is None:
+            cwd = root / name
+            cwd.mkdir()
+        processes = starts(cwd) if starts else [start(two_processes, [*command, *output_args], cwd)]
+        launches[name] = SimpleNamespace(command=command, cwd=cwd, processes=processes)
+
+    images = images_with_a_broken_one
+    launch("predict", ["predict", "--run", str(trained_run), str(images / "real"),
+                       str(images / "fake"), "--batch-size", "8", "--out"], ["two.csv"])
+    launch("evaluate", ["evaluate", "--run", str(trained_run), "--data", str(split_data),
+                        "--split", "train", "--batch-size", "8", "--out"],
+           [str(root / "evaluate" / "two")])
+    launch("extract", ["extract", "--data", str(bigger_split), "--weights", "none",
+                       "--img-size", "32", "--cache-dir"], ["two"])
+    launch("train", ["train", "--data", str(bigger_split), "--weights", "none", "--img-size", "32",
+                     "--epochs", "15", "--lr", "1e-2", "--no-probe", "--out"],
+           ["two", "--cache-dir", "cache-two"])
+    port = free_port()
+    nodes = ["predict", "--run", str(trained_run), str(split_data / "val"), "--batch-size", "4"]
+    launch("two-nodes", nodes, starts=lambda cwd: [
+        start(["--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
+               "--rdzv-id", "two-nodes-test"], nodes, cwd) for node in (0, 1)])
+    launch("unreadable", ["extract", "--data", "data", "--weights", "none", "--img-size", "32",
+                          "--cache-dir", "cache"], cwd=unreadable_split.root)
+    yield launches
+    for launched in launches.values():
+        for process in launched.processes:
+            stop(process)
+
+
+def test_torchrun_predict_writes_the_file_one_process_writes(launches, tmp_path, capsys):
+    launch = launches["predict"]
+    _, single_err = one_process(launch.command + [str(tmp_path / "one.csv")], capsys)
+    _, err = finish(*launch.processes)
+    one, two = (tmp_path / "one.csv").read_bytes(), (launch.cwd / "two.csv").read_bytes()
+    assert two == one
+    assert len(one.splitlines()) == 1 + 41
+    # The unreadable file is reported once (by rank 0), in the single process's words.
+    assert "41 predictions written to two.csv" in err and err.count("41 predictions") == 1
+    assert err.count("1 file(s) could not be read and were skipped") == 1
+    assert "broken.png" in err and "broken.png" in single_err
+
+
+def test_torchrun_evaluate_writes_the_metrics_and_predictions_one_process_writes(
+        launches, tmp_path, capsys):
+    launch = launches["evaluate"]
+    single_out, _ = one_process(launch.command + [str(tmp_path / "one")], capsys)
+    out, _ = finish(*launch.processes)
+    assert out == single_out  # the metrics as JSON, printed once
+    for name in ("metrics.json", "predictions.csv"):
+        assert (launch.cwd / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert len((launch.cwd / "two" / "predictions.csv").read_text().splitlines()) == 1 + 64
+
+
 def stored_features(cache_dir: Path) -> dict[str, torch.Tensor]:
     return {path.name: torch.load(path, weights_only=True)["features"]
             for path in sorted(cache_dir.glob("features-*.pt"))}
 
 
-def test_torchrun_extract_fills_the_cache_one_process_fills(bigger_split, tmp_path, capsys):
-    command = ["extract", "--data", str(bigger_split), "--weights", "none", "--img-size", "32",
-               "--cache-dir"]
-    single_out, _ = one_process(command + [str(tmp_path / "one")], capsys)
-    out, _ = torchrun(command + ["two"], tmp_path)
-    one, two = stored_features(tmp_path / "one"), stored_features(tmp_path / "two")
+def test_torchrun_extract_fills_the_cache_one_process_fills(launches, tmp_path, capsys):
+    launch = launches["extract"]
+    single_out, _ = one_process(launch.command + [str(tmp_path / "one")], capsys)
+    out, _ = finish(*launch.processes)
+    one, two = stored_features(tmp_path / "one"), stored_features(launch.cwd / "two")
     assert len(one) == 2 and two.keys() == one.keys()  # train and val, under the same keys
     for name in one:
         assert torch.equal(two[name], one[name])
@@ -179,45 +252,33 @@ def test_torchrun_extract_fills_the_cache_one_process_fills(bigger_split, tmp_pa
     # It prints where each split's features are, and the folder.
     names = sorted(line.split("/")[-1] for line in out.splitlines() if line.startswith(("train", "val")))
     assert names == sorted(one)
-    assert f"feature cache: {(tmp_path / 'two').resolve()}" in out
+    assert f"feature cache: {(launch.cwd / 'two').resolve()}" in out
     assert single_out.replace(str(tmp_path / "one"), "two").splitlines()[:2] == \
         out.splitlines()[:2]
 
 
-def test_torchrun_train_extracts_in_parallel_and_trains_the_same_head(bigger_split, tmp_path,
-                                                                      capsys):
-    command = ["train", "--data", str(bigger_split), "--weights", "none", "--img-size", "32",
-               "--epochs", "15", "--lr", "1e-2", "--no-probe", "--out"]
-    one_process(command + [str(tmp_path / "one"), "--cache-dir", str(tmp_path / "cache-one")],
+def test_torchrun_train_extracts_in_parallel_and_trains_the_same_head(launches, tmp_path, capsys):
+    launch = launches["train"]
+    one_process(launch.command + [str(tmp_path / "one"), "--cache-dir", str(tmp_path / "cache-one")],
                 capsys)
-    torchrun(command + ["two", "--cache-dir", "cache-two"], tmp_path)
+    finish(*launch.processes)
     # The features came from both ranks through the cache; rank 0 alone wrote the run.
-    assert stored_features(tmp_path / "cache-two").keys() == \
+    assert stored_features(launch.cwd / "cache-two").keys() == \
         stored_features(tmp_path / "cache-one").keys()
-    log = (tmp_path / "two" / "train.log").read_text()
+    log = (launch.cwd / "two" / "train.log").read_text()
     assert "train features: 144 images from the feature cache" in log
     one = (tmp_path / "one" / "predictions_val.csv").read_text()
-    two = (tmp_path / "two" / "predictions_val.csv").read_text()
+    two = (launch.cwd / "two" / "predictions_val.csv").read_text()
     assert two == one.replace(str(tmp_path / "one"), "two")
-    history = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("one", "two")]
+    history = [json.loads((run / "history.json").read_text())
+               for run in (tmp_path / "one", launch.cwd / "two")]
     assert [e["val_loss"] for e in history[1]] == [e["val_loss"] for e in history[0]]
 
 
-def test_two_nodes_of_one_process_print_what_one_process_prints(trained_run, split_data, tmp_path,
-                                                                capsys):
-    command = ["predict", "--run", str(trained_run), str(split_data / "val"), "--batch-size", "4"]
-    single_out, _ = one_process(command, capsys)
-    port = free_port()
-    nodes = [start(["--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
-                    "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
-                    "--rdzv-id", "two-nodes-test"], command, tmp_path)
-             for node in (0, 1)]
-    try:
-        outs = [finish(node)[0] for node in nodes]
-    finally:
-        for node in nodes:
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
+def test_two_nodes_of_one_process_print_what_one_process_prints(launches, capsys):
+    launch = launches["two-nodes"]
+    single_out, _ = one_process(launch.command, capsys)
+    outs = [finish(node)[0] for node in launch.processes]
     # The rendezvous decides which node holds rank 0: that one prints the JSON, the other nothing.
     assert sorted(outs) == ["", single_out]
     assert len(json.loads(single_out)) == 16
@@ -234,25 +295,15 @@ def test_the_processes_of_one_machine_share_its_cores_for_decoding(monkeypatch):
     assert default_num_workers("cpu") == 0  # a core each: the model's thread decodes too
 
 
-def test_a_file_one_rank_cannot_read_stops_the_launch_with_its_name(tmp_path):
+def test_a_file_one_rank_cannot_read_stops_the_launch_with_its_name(launches, unreadable_split):
     """Extraction refuses unreadable files (as in one process). The rank that meets one names it
     and exits; its partner, left waiting in the gather, says so in one line; nothing is written."""
-    from deepfake_detector.split import list_split, split_dataset
-    raw = make_raw_dataset(tmp_path / "raw", n_real=90, n_fake=90, size=16, seed=2)
-    split_dataset(raw, tmp_path / "data", seed=0)
-    broken = list_split(tmp_path / "data", "train")[100][0]  # batch 1 of 3: rank 1's
-    broken.write_bytes(b"not an image")
-    process = start(["--standalone", "--nproc_per_node=2"],
-                    ["extract", "--data", "data", "--weights", "none", "--img-size", "32",
-                     "--cache-dir", "cache"], tmp_path)
-    try:
-        _, err = process.communicate(timeout=LAUNCH_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    launch = launches["unreadable"]
+    process, = launch.processes
+    _, err = ended(process)
     assert process.returncode != 0
-    assert f"error: Cannot read image {broken.relative_to(tmp_path)}" in err
+    assert f"error: Cannot read image {unreadable_split.broken.relative_to(launch.cwd)}" in err
     # Its partner says why it stopped too (or, if torchrun's stop came first, that it was stopped).
     assert "error: another process of this torchrun launch failed; its message is above" in err \
         or "interrupted:" in err
-    assert not (tmp_path / "cache").exists()
+    assert not (launch.cwd / "cache").exists()

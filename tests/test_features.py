@@ -4,6 +4,7 @@ streaming its rows to a file batch by batch."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import numpy as np
@@ -14,16 +15,18 @@ from PIL import Image
 from deepfake_detector import features
 from deepfake_detector.data import (IMAGENET_MEAN, IMAGENET_STD, collate, eval_transform, make_loader,
                                     normalize_batch, open_image, try_open_image, uint8_transform)
-from deepfake_detector.features import cache_key, cached_features, extract_features
+from deepfake_detector.features import Views, cache_key, cached_features, extract_features
 from deepfake_detector.predictions import read_predictions
 from deepfake_detector.inference import (iter_predictions, predict_paths, predict_probabilities,
                                           predict_to_file)
 from deepfake_detector.model import build_model
-from deepfake_detector.split import check_image
+from deepfake_detector.preprocessing import Preprocessing
+from deepfake_detector.discovery import check_image
 
 from conftest import checkerboard_fake, smooth_noise, write_images
 
 SIZE = 32  # px: every test here runs the backbone on a handful of tiny images
+PREP = Preprocessing(img_size=SIZE, decode="full")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +42,9 @@ def items(tmp_path):
     return [(path, 0) for path in real] + [(path, 1) for path in fake]
 
 
-def key(model, items, img_size=SIZE, augmentation=None, n_views=1, seed=0,
-        precision=torch.float32):
-    return cache_key(model, items, img_size, IMAGENET_MEAN, IMAGENET_STD, augmentation, n_views,
-                     seed, precision)
+def key(model, items, img_size=SIZE, augmentation=None, n_views=1, seed=0, precision="fp32"):
+    prep = dataclasses.replace(PREP, img_size=img_size, precision=precision)
+    return cache_key(model, items, prep, Views(augmentation, n_views, seed))
 
 
 def test_cache_key_changes_with_everything_the_features_depend_on(model, items):
@@ -53,7 +55,7 @@ def test_cache_key_changes_with_everything_the_features_depend_on(model, items):
     assert key(model, items[::-1]) != base  # order
     assert key(model, [(p, 1 - y) for p, y in items]) != base  # labels
     assert key(model, items, augmentation={"hflip": True}, n_views=2) != base
-    assert key(model, items, precision=torch.bfloat16) != base  # AMP on a GPU: other features
+    assert key(model, items, precision="bf16") != base  # AMP on a GPU: other features
 
     path = items[0][0]
     original = path.read_bytes()
@@ -72,9 +74,9 @@ def test_cache_key_changes_with_everything_the_features_depend_on(model, items):
 
 def test_a_cache_hit_returns_exactly_the_same_features(model, items, tmp_path):
     messages = []
-    first = cached_features(model, items, SIZE, cache_dir=tmp_path / "cache", num_workers=0,
+    first = cached_features(model, items, PREP, cache_dir=tmp_path / "cache", num_workers=0,
                             log=messages.append)
-    second = cached_features(model, items, SIZE, cache_dir=tmp_path / "cache", num_workers=0,
+    second = cached_features(model, items, PREP, cache_dir=tmp_path / "cache", num_workers=0,
                              log=messages.append)
     assert first.shape == (len(items), 512) and first.dtype == torch.float32
     assert "from the feature cache" in messages[-1]
@@ -83,23 +85,23 @@ def test_a_cache_hit_returns_exactly_the_same_features(model, items, tmp_path):
 
 
 def test_large_feature_sets_are_stored_as_float16(model, items, tmp_path, monkeypatch):
-    exact = extract_features(model, items, SIZE, num_workers=0)
+    exact = extract_features(model, items, PREP, num_workers=0)
     monkeypatch.setattr(features, "FLOAT16_ABOVE_N_IMAGES", 2)
-    first = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0, log=print)
+    first = cached_features(model, items, PREP, cache_dir=tmp_path, num_workers=0, log=print)
     stored = torch.load(next(tmp_path.glob("features-*.pt")), weights_only=True)["features"]
     assert stored.dtype == torch.float16
     torch.testing.assert_close(first, exact, rtol=1e-3, atol=1e-6)
     # The run that extracted trains on what later runs read back: the same numbers either way.
-    assert torch.equal(cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0,
+    assert torch.equal(cached_features(model, items, PREP, cache_dir=tmp_path, num_workers=0,
                                        log=print), first)
 
 
 def test_augmented_views_are_cached_per_image_and_differ(model, items, tmp_path):
-    views = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0,
-                            augmentation={"hflip": True, "color_jitter": 0.3}, n_views=3, log=print)
+    views = cached_features(model, items, PREP, cache_dir=tmp_path, num_workers=0,
+                            views=Views({"hflip": True, "color_jitter": 0.3}, n=3), log=print)
     assert views.shape == (3, len(items), 512)
     assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
-    plain = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0, log=print)
+    plain = cached_features(model, items, PREP, cache_dir=tmp_path, num_workers=0, log=print)
     assert plain.shape == (len(items), 512)  # its own cache entry, not one of the views
 
 
@@ -114,8 +116,8 @@ def test_the_uint8_pipeline_gives_the_eval_transform_bit_for_bit(items):
 
 
 def test_a_worker_process_gives_the_same_features(model, items):
-    torch.testing.assert_close(extract_features(model, items, SIZE, num_workers=1),
-                               extract_features(model, items, SIZE, num_workers=0))
+    torch.testing.assert_close(extract_features(model, items, PREP, num_workers=1),
+                               extract_features(model, items, PREP, num_workers=0))
 
 
 def test_predict_streams_one_batch_at_a_time(model, items, monkeypatch):
@@ -124,8 +126,7 @@ def test_predict_streams_one_batch_at_a_time(model, items, monkeypatch):
     seen = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda images: seen.append(len(images)) or forward(images))
-    probabilities = predict_probabilities(model, items * 2, SIZE, IMAGENET_MEAN, IMAGENET_STD,
-                                          batch_size=5, num_workers=0)
+    probabilities = predict_probabilities(model, items * 2, PREP, batch_size=5, num_workers=0)
     assert seen == [5, 5, 2]
     assert probabilities.shape == (12,) and np.isfinite(probabilities).all()
     loader = make_loader(items * 2, uint8_transform(SIZE), batch_size=5, num_workers=0)
@@ -214,7 +215,7 @@ def test_extraction_leaves_the_model_usable_by_autograd(items):
     backward runs through layer4's convolutions) and fine-tuning the same model need autograd."""
     from deepfake_detector.gradcam import grad_cam
     model = build_model("none", seed=0)[0]
-    extract_features(model, items, SIZE, num_workers=0)
+    extract_features(model, items, PREP, num_workers=0)
     assert not any(p.is_inference() for p in model.parameters())
     assert not any(b.is_inference() for b in model.buffers())
     images = torch.stack([eval_transform(SIZE)(open_image(path)) for path, _ in items[:2]])
@@ -236,12 +237,12 @@ def test_fp32_is_the_default_on_every_device_and_mixed_precision_is_opt_in():
 
 def test_the_cache_key_holds_the_chosen_precision(model, items, tmp_path):
     """fp32 features and bf16 ones are cached apart; fp32 keeps the key it always had on the CPU."""
-    fp32 = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0, log=lambda m: None)
-    bf16 = cached_features(model, items, SIZE, cache_dir=tmp_path, num_workers=0, log=lambda m: None,
-                           precision="bf16")
+    fp32 = cached_features(model, items, PREP, cache_dir=tmp_path, num_workers=0, log=lambda m: None)
+    bf16 = cached_features(model, items, dataclasses.replace(PREP, precision="bf16"),
+                           cache_dir=tmp_path, num_workers=0, log=lambda m: None)
     assert len(list(tmp_path.glob("features-*.pt"))) == 2
     assert (tmp_path / f"features-{key(model, items)[:24]}.pt").is_file()
-    assert (tmp_path / f"features-{key(model, items, precision=torch.bfloat16)[:24]}.pt").is_file()
+    assert (tmp_path / f"features-{key(model, items, precision='bf16')[:24]}.pt").is_file()
     assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
     # bf16 keeps 8 bits of mantissa: features agree to a few percent of their scale, no better.
     assert (fp32 - bf16).abs().max() <= 0.05 * fp32.abs().max()

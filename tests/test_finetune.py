@@ -13,10 +13,11 @@ from deepfake_detector import train as train_module
 from deepfake_detector.cli import main
 from deepfake_detector.metrics import compute_metrics
 from deepfake_detector.features import extract_features
-from deepfake_detector.finetune import finetune_layer4
-from deepfake_detector.inference import load_run, predict_probabilities
-from deepfake_detector.split import list_split
-from deepfake_detector.train import RunExistsError
+from deepfake_detector.finetune import Phase2Recipe, finetune_layer4
+from deepfake_detector.inference import predict_probabilities
+from deepfake_detector.preprocessing import Preprocessing
+from deepfake_detector.split_read import list_split
+from deepfake_detector.run_dir import RunExistsError, load_run
 
 
 def quick_phase2(parent, out, **options):
@@ -24,7 +25,8 @@ def quick_phase2(parent, out, **options):
     not under test here, and on two CPU cores they cost more than the training."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_module, "compute_metrics", partial(compute_metrics, n_bootstrap=20))
-        return finetune_layer4(parent, out, num_workers=0, log_to_console=False, **options)
+        return finetune_layer4(parent, out, Phase2Recipe(**options), num_workers=0,
+                               log_to_console=False)
 
 
 SETTINGS = dict(lr=1e-4, epochs=3, patience=2)
@@ -53,8 +55,8 @@ def test_only_layer4_and_the_head_change(trained_run, phase2):
 def test_the_new_run_is_a_complete_run(trained_run, phase2):
     model, checkpoint = load_run(phase2, device="cpu")
     items = list_split(json.loads((phase2 / "config.json").read_text())["data_dir"], "val")
-    p = predict_probabilities(model, items, checkpoint["img_size"], checkpoint["mean"],
-                              checkpoint["std"], num_workers=0)
+    p = predict_probabilities(model, items, Preprocessing.from_checkpoint(checkpoint),
+                              num_workers=0)
     assert p.shape == (len(items),) and ((0 <= p) & (p <= 1)).all()
     config = json.loads((phase2 / "config.json").read_text())
     assert config["parent_run"] == str(trained_run) and config["head_lr"] == pytest.approx(1e-3)
@@ -90,9 +92,11 @@ def test_phases_table_compares_both_phases(trained_run, phase2):
 def test_never_overwrites(trained_run, phase2):
     before = (phase2 / "checkpoint.pt").read_bytes()
     with pytest.raises(RunExistsError, match="never overwrites"):
-        finetune_layer4(trained_run, phase2, epochs=1, num_workers=0, log_to_console=False)
+        finetune_layer4(trained_run, phase2, Phase2Recipe(epochs=1), num_workers=0,
+                        log_to_console=False)
     with pytest.raises(RunExistsError):  # nor its parent
-        finetune_layer4(trained_run, trained_run, epochs=1, num_workers=0, log_to_console=False)
+        finetune_layer4(trained_run, trained_run, Phase2Recipe(epochs=1), num_workers=0,
+                        log_to_console=False)
     assert main(["finetune", "--run", str(trained_run), "--out", str(phase2)]) == 2  # one message
     assert (phase2 / "checkpoint.pt").read_bytes() == before
     assert (phase2 / "checkpoint.pt").read_bytes() == before
@@ -103,7 +107,8 @@ def val_logits(run) -> torch.Tensor:
     in predictions_val.csv saturates at 0 and 1, logits do not."""
     model, checkpoint = load_run(run, device="cpu")
     items = list_split(json.loads((run / "config.json").read_text())["data_dir"], "val")
-    features = extract_features(model, items, checkpoint["img_size"], num_workers=0).double()
+    features = extract_features(model, items, Preprocessing(checkpoint["img_size"], decode="full"),
+                                num_workers=0).double()
     with torch.no_grad():
         return (features @ model.fc.weight.double().T + model.fc.bias.double()).squeeze(1)
 

@@ -14,12 +14,13 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from deepfake_detector.explain import explain_images
+from deepfake_detector.explain import ExplainOptions, explain_images
 from deepfake_detector.gradcam import (
     grad_cam, grad_cam_with_logits, load_mask, localisation_scores, overlay,
     plot_randomisation, randomisation_check, raw_grad_cam, scale_cams,
 )
 from deepfake_detector.model import backbone_features, build_model
+from deepfake_detector.preprocessing import Preprocessing
 
 SIZES = [(64, 64), (96, 96), (64, 96)]  # the last one catches a (width, height) mix-up
 
@@ -253,8 +254,9 @@ def test_explain_images_writes_sorted_overlays_cams_and_sheet(mixed_model, tmp_p
     paths = write_images(tmp_path, sizes)
     labels = [1, 0, 1, 0, "fake", "real"]
     out = tmp_path / "cam"
-    summary = explain_images(mixed_model, paths, out, img_size=64, labels=labels, batch_size=4,
-                             image_weight=1.0, per_outcome=1)  # overlay == image: size, colours
+    summary = explain_images(mixed_model, paths, out, Preprocessing(img_size=64, decode="full"),
+                             labels=labels, batch_size=4,  # overlay == image: size, colours
+                             options=ExplainOptions(image_weight=1.0, per_outcome=1))
     assert summary["n_images"] == 6 and sum(summary["counts"].values()) == 6
     assert set(summary["counts"]) <= {"tp", "tn", "fp", "fn"}
     index = (out / "index.csv").read_text().splitlines()
@@ -287,8 +289,10 @@ def test_explain_images_without_labels_and_with_masks(mixed_model, tmp_path):
     mask = np.zeros((64, 64), np.uint8)
     mask[:32, :32] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    summary = explain_images(mixed_model, paths, tmp_path / "cam", img_size=64, max_images=3,
-                             per_outcome=1, mask_paths=[tmp_path / "mask.png", None] * 2,
+    summary = explain_images(mixed_model, paths, tmp_path / "cam",
+                             Preprocessing(img_size=64, decode="full"), max_images=3,
+                             options=ExplainOptions(per_outcome=1),
+                             mask_paths=[tmp_path / "mask.png", None] * 2,
                              target="fake")  # localisation scores the maps that explain "fake"
     assert summary["n_images"] == 3
     assert set(summary["counts"]) <= {"pred_fake", "pred_real"}
@@ -467,10 +471,12 @@ def test_bf16_maps_stay_within_the_stated_bound_of_fp32(model, target):
 def test_explain_images_records_its_precision_and_refuses_an_unknown_one(mixed_model, tmp_path):
     (tmp_path / "images").mkdir()
     paths = write_images(tmp_path / "images", [(40, 40), (48, 32)])
-    summary = explain_images(mixed_model, paths, tmp_path / "out", img_size=32,
-                             precision="bf16", deterministic_kernels=True)
+    summary = explain_images(mixed_model, paths, tmp_path / "out",
+                             Preprocessing(img_size=32, decode="full", precision="bf16"),
+                             options=ExplainOptions(deterministic_kernels=True))
     assert summary["precision"] == "bf16" and summary["complete"] is True
     assert not torch.are_deterministic_algorithms_enabled()  # restored
     with pytest.raises(ValueError, match="precision must be one of"):
-        explain_images(mixed_model, paths, tmp_path / "other", img_size=32, precision="half")
+        explain_images(mixed_model, paths, tmp_path / "other",
+                       Preprocessing(img_size=32, decode="full", precision="half"))
     assert not (tmp_path / "other").exists()

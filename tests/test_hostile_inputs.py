@@ -20,9 +20,11 @@ from PIL import Image
 from deepfake_detector import images as images_module
 from deepfake_detector.cli import main
 from deepfake_detector.data import ImageLoadError, open_image
-from deepfake_detector.manifest import RUN_MANIFEST, read_manifest, record_written
-from deepfake_detector.split import SplitWarning, read_manifest as read_split_manifest, split_dataset
-from deepfake_detector.train import RunExistsError, TrainConfig, prepare_run_dir, train
+from deepfake_detector.manifest import RUN_MANIFEST, read_run_manifest, record_written
+from deepfake_detector.split import SplitWarning, split_dataset
+from deepfake_detector.split_read import read_split_manifest
+from deepfake_detector.run_dir import RunExistsError, prepare_run_dir
+from deepfake_detector.train import TrainConfig, train
 
 from conftest import make_raw_dataset
 
@@ -79,11 +81,11 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(split_data, tmp_path
 
 
 def test_overwrite_replaces_what_the_project_wrote_and_refuses_anything_else(
-        split_data, tmp_path, capsys):
+        split_data, run_to_change, capsys):
     from deepfake_detector.explain import explain_run
     from deepfake_detector.inference import evaluate_run
-    run = train(quick_config(split_data, tmp_path / "run"), log_to_console=False)
-    manifest = read_manifest(run)
+    run = run_to_change  # a complete run, as train() leaves it
+    manifest = read_run_manifest(run)
     assert manifest["complete"] is True
     on_disk = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == on_disk - {RUN_MANIFEST}
@@ -96,7 +98,7 @@ def test_overwrite_replaces_what_the_project_wrote_and_refuses_anything_else(
     (run / "notebook" / "batch.png").write_bytes(b"a figure the notebook saved")
     record_written(run, [run / "notebook"])
     assert {"eval/data-val/metrics.json", "gradcam/index.csv", "notebook/batch.png"} \
-        <= set(read_manifest(run)["files"])
+        <= set(read_run_manifest(run)["files"])
 
     # Something that is not ours: refused, named, and nothing is deleted.
     (run / "gradcam" / "my notes.txt").write_text("mine")
@@ -116,7 +118,7 @@ def test_overwrite_replaces_what_the_project_wrote_and_refuses_anything_else(
     (run / ".DS_Store").write_bytes(b"clutter")  # an OS's clutter is not worth a refusal
     fresh = prepare_run_dir(str(run), overwrite=True)  # what train --overwrite does first
     assert fresh == run and [p.name for p in run.rglob("*")] == [RUN_MANIFEST]
-    assert read_manifest(run) == {**read_manifest(run), "complete": False, "files": {}}
+    assert read_run_manifest(run) == {**read_run_manifest(run), "complete": False, "files": {}}
 
 
 def test_recording_claims_only_what_changed_inside_the_block(tmp_path):
@@ -126,7 +128,7 @@ def test_recording_claims_only_what_changed_inside_the_block(tmp_path):
     with recording(run / "figures"):
         (run / "figures").mkdir()
         (run / "figures" / "plot.png").write_bytes(b"ours")
-    assert set(read_manifest(run)["files"]) == {"figures/plot.png"}
+    assert set(read_run_manifest(run)["files"]) == {"figures/plot.png"}
     assert foreign_files(run) == ["before.txt"]
     with recording(tmp_path / "elsewhere"):  # outside any run: nothing to record, no error
         (tmp_path / "elsewhere").mkdir()
@@ -191,7 +193,9 @@ def test_split_audit_predict_skip_fifos_and_devices(tmp_path, trained_run):
 
 
 def test_gradcam_overlays_are_capped_on_the_long_side(tmp_path):
-    from deepfake_detector.explain import OVERLAY_MAX_SIDE, display_image, explain_images
+    from deepfake_detector.explain import (OVERLAY_MAX_SIDE, ExplainOptions, display_image,
+                                           explain_images)
+    from deepfake_detector.preprocessing import Preprocessing
     from deepfake_detector.model import build_model
     assert OVERLAY_MAX_SIDE == 4096
     wide = Image.new("RGB", (5000, 20), (10, 20, 30))
@@ -201,7 +205,8 @@ def test_gradcam_overlays_are_capped_on_the_long_side(tmp_path):
     model = build_model("none", seed=0)[0]
     paths = [png(tmp_path / "big.png", rgb_pixels(1, (100, 200))),
              png(tmp_path / "small.png", rgb_pixels(2, (30, 40)))]
-    summary = explain_images(model, paths, tmp_path / "cam", img_size=32, max_side=64)
+    summary = explain_images(model, paths, tmp_path / "cam", Preprocessing(32, decode="full"),
+                             options=ExplainOptions(max_side=64))
     sizes = {Path(row).name.split("__")[0]: Image.open(row).size
              for row in (tmp_path / "cam" / "overlays").rglob("*.png")}
     assert sizes == {"big": (64, 32), "small": (40, 30)}
@@ -420,8 +425,8 @@ def test_an_interrupted_train_is_replaced_by_its_retry(split_data, tmp_path, mon
         patch.setattr(train_module, "fit", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train(quick_config(split_data, out), log_to_console=False)
-    assert read_manifest(out)["complete"] is False and (out / "audit").is_dir()
-    assert "train.log" in read_manifest(out)["files"]
+    assert read_run_manifest(out)["complete"] is False and (out / "audit").is_dir()
+    assert "train.log" in read_run_manifest(out)["files"]
     with pytest.raises(RunExistsError, match="--overwrite"):  # a complete run is another matter
         prepare_run_dir(str(trained_run_copy(tmp_path)), overwrite=False)
     # The retry (train calls prepare_run_dir first) replaces the unfinished run without --overwrite.
@@ -442,8 +447,10 @@ def trained_run_copy(tmp_path: Path) -> Path:
 def test_gradcam_max_images_must_be_positive(tmp_path):
     from deepfake_detector.explain import explain_images
     from deepfake_detector.model import build_model
+    from deepfake_detector.preprocessing import Preprocessing
     with pytest.raises(ValueError, match="max_images must be a whole number >= 1"):
-        explain_images(build_model("none")[0], [tmp_path / "x.png"], tmp_path, 32, max_images=-1)
+        explain_images(build_model("none")[0], [tmp_path / "x.png"], tmp_path,
+                       Preprocessing(32, decode="full"), max_images=-1)
 
 
 # --- 9. broken, foreign and malicious checkpoints --------------------------------------------------
@@ -520,6 +527,8 @@ def test_train_on_a_hand_made_split_skips_and_lists_bad_files(split_data, tmp_pa
 def test_an_interrupted_gradcam_leaves_a_consistent_index_and_carries_on(tmp_path, monkeypatch):
     from deepfake_detector import explain as gradcam  # the loop, and the map function it calls
     from deepfake_detector.model import build_model
+    from deepfake_detector.preprocessing import Preprocessing
+    prep = Preprocessing(img_size=32, decode="full")
     model = build_model("none", seed=0)[0]
     paths = [png(tmp_path / f"im{i}.png", rgb_pixels(i, (20, 20))) for i in range(5)]
     out = tmp_path / "cam"
@@ -532,7 +541,7 @@ def test_an_interrupted_gradcam_leaves_a_consistent_index_and_carries_on(tmp_pat
         return real_pass(*args, **kwargs)
     monkeypatch.setattr(gradcam, "grad_cam_with_logits", interrupted_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        gradcam.explain_images(model, paths, out, img_size=32, batch_size=2)
+        gradcam.explain_images(model, paths, out, prep, batch_size=2)
     summary = json.loads((out / "summary.json").read_text())
     index = (out / "index.csv").read_text().splitlines()
     assert summary["complete"] is False and summary["n_images"] == 2 and len(index) == 3
@@ -542,7 +551,7 @@ def test_an_interrupted_gradcam_leaves_a_consistent_index_and_carries_on(tmp_pat
     calls.clear()
     monkeypatch.setattr(gradcam, "grad_cam_with_logits", lambda *a, **k: (calls.append(1),
                                                                           real_pass(*a, **k))[1])
-    summary = gradcam.explain_images(model, paths, out, img_size=32, batch_size=2)
+    summary = gradcam.explain_images(model, paths, out, prep, batch_size=2)
     assert summary["complete"] is True and summary["n_images"] == 5
     assert len(calls) == 2  # images 3-5 only: the first two were not explained again
     assert len(list((out / "overlays").rglob("*.png"))) == 5

@@ -20,7 +20,8 @@ from deepfake_detector.cli import main
 from deepfake_detector.metrics import compute_metrics
 from deepfake_detector.lr_find import lr_find, steepest_lr
 from deepfake_detector.probe import HEAD_TO_PROBE_AUC_TARGET, cv_folds, fit_probe
-from deepfake_detector.train import StandardizedHead, TrainConfig, feature_statistics, train
+from deepfake_detector.head import StandardizedHead, feature_statistics
+from deepfake_detector.train import TrainConfig, train
 
 from conftest import CIFAKE_DIR
 

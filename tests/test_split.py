@@ -1,7 +1,9 @@
 """split.py: raw files stay untouched, counts are exact, groups stay whole, re-runs are safe."""
 import errno
 import hashlib
+import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -12,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from deepfake_detector import split
-from deepfake_detector.split import (SplitError, SplitExistsError, SplitWarning, check_image,
-                                     class_of_folder, find_class_folders, find_images, list_split,
-                                     raw_has_images, read_manifest, split_dataset, split_targets)
+from deepfake_detector import discovery, split_files, split_read
+from deepfake_detector.discovery import (check_image, class_of_folder, find_class_folders,
+                                         find_images, raw_has_images)
+from deepfake_detector.split import SplitError, SplitExistsError, SplitWarning, split_dataset
+from deepfake_detector.split_plan import plan_split, split_targets
+from deepfake_detector.split_read import list_split, read_split_manifest
 
 
 def make_image(path: Path, seed: int, size: int = 8, format: str | None = None) -> Path:
@@ -55,12 +59,12 @@ def split_quietly(*args, **kwargs):
 
 
 def files_in_split_folders(out: Path) -> set[str]:
-    return {p.relative_to(out).as_posix() for s in split.SPLITS if (out / s).is_dir()
+    return {p.relative_to(out).as_posix() for s in split_read.SPLITS if (out / s).is_dir()
             for p in (out / s).rglob("*") if p.is_file()}
 
 
 def assignment(out: Path) -> dict[str, str]:
-    return {row["source"]: row["split"] for row in read_manifest(out)}
+    return {row["source"]: row["split"] for row in read_split_manifest(out)}
 
 
 # --- raw data is only ever read ----------------------------------------------------------------
@@ -80,7 +84,7 @@ def test_raw_files_are_never_moved_edited_or_deleted(tmp_path, link_mode):
     split_quietly(raw, out, seed=1, link_mode=link_mode, replace=True)
     assert snapshot(raw) == before
 
-    row = read_manifest(out)[0]
+    row = read_split_manifest(out)[0]
     same_inode = (out / row["path"]).stat().st_ino == (raw / row["source"]).stat().st_ino
     assert same_inode == (link_mode == "hardlink")
 
@@ -88,7 +92,7 @@ def test_raw_files_are_never_moved_edited_or_deleted(tmp_path, link_mode):
 def test_hardlink_falls_back_to_copy_with_a_note(tmp_path, monkeypatch):
     def no_links(src, dst):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
-    monkeypatch.setattr(split.os, "link", no_links)
+    monkeypatch.setattr(split_files.os, "link", no_links)
     summary = split_quietly(make_raw(tmp_path, 5, 5), tmp_path / "data", link_mode="hardlink")
     assert any("copied instead" in w and "10 files" in w for w in summary.warnings)
     assert len(files_in_split_folders(tmp_path / "data")) == 10
@@ -112,7 +116,7 @@ def test_split_is_stratified_and_exact(tmp_path, n_real, n_fake, val, test, expe
     for s, (n_r, n_f) in expected.items():  # the folders hold what the summary says
         assert len(find_images(out / s / "real")) == n_r
         assert len(find_images(out / s / "fake")) == n_f if n_f else not (out / s / "fake").exists()
-    assert files_in_split_folders(out) == {row["path"] for row in read_manifest(out)}
+    assert files_in_split_folders(out) == {row["path"] for row in read_split_manifest(out)}
 
 
 @pytest.mark.parametrize("n, val, test, expected", [
@@ -134,14 +138,14 @@ def test_manifest_records_every_image(tmp_path):
     Image.open(raw / "fake" / "gray.jpg").convert("L").save(raw / "fake" / "gray.jpg")
     out = tmp_path / "data"
     split_quietly(raw, out)
-    rows = {row["source"]: row for row in read_manifest(out)}
-    assert list(next(iter(rows.values())))[:11] == list(split.MANIFEST_COLUMNS)
+    rows = {row["source"]: row for row in read_split_manifest(out)}
+    assert list(next(iter(rows.values())))[:11] == list(split_read.MANIFEST_COLUMNS)
     gray = rows["fake/gray.jpg"]
     assert (gray["format"], gray["width"], gray["height"], gray["mode"]) == ("JPEG", 12, 12, "L")
     assert gray["bytes"] == (raw / "fake" / "gray.jpg").stat().st_size
     assert gray["sha256"] == hashlib.sha256((raw / "fake" / "gray.jpg").read_bytes()).hexdigest()
     assert gray["label"] == "fake" and gray["path"].startswith(f"{gray['split']}/fake/")
-    record = split.json.loads((out / "split.json").read_text())
+    record = json.loads((out / "split.json").read_text())
     assert record["settings"] == {"raw_dir": str(raw.resolve()), "val_fraction": 0.2,
                                   "test_fraction": 0.0, "seed": 0, "group_by": None,
                                   "link_mode": "copy"}
@@ -167,7 +171,7 @@ def test_same_seed_same_split_other_seed_other_split(tmp_path, monkeypatch):
         for root, dirs, files in real_walk(top, *args, **kwargs):
             dirs.reverse()
             yield root, dirs, files[::-1]
-    monkeypatch.setattr(split.os, "walk", backwards_walk)
+    monkeypatch.setattr(discovery.os, "walk", backwards_walk)
     split_quietly(raw, tmp_path / "d", seed=0)
     assert assignment(tmp_path / "d") == assignment(tmp_path / "a")
 
@@ -206,7 +210,7 @@ def test_awkward_file_names(tmp_path):
         make_image(raw / "real" / name, seed=500 + i)
     out = tmp_path / "data"
     split_quietly(raw, out)
-    rows = {row["source"]: row for row in read_manifest(out)}
+    rows = {row["source"]: row for row in read_split_manifest(out)}
     for name in names:
         row = rows[f"real/{name}"]
         assert row["path"].endswith("/" + name.replace("/", "__"))
@@ -277,8 +281,8 @@ def test_bad_files_are_left_out_and_reported_in_one_warning(tmp_path):
     assert all(f"fake/broken/{name}" in about_bad[0] for name in bad)
     assert sorted(source for source, _ in summary.excluded) == sorted(f"fake/broken/{n}" for n in bad)
     assert sum(summary.counts[s]["fake"] for s in summary.counts) == 10
-    assert not any("broken" in row["source"] for row in read_manifest(tmp_path / "data"))
-    record = split.json.loads((tmp_path / "data" / "split.json").read_text())
+    assert not any("broken" in row["source"] for row in read_split_manifest(tmp_path / "data"))
+    record = json.loads((tmp_path / "data" / "split.json").read_text())
     assert len(record["excluded"]) == 4
 
 
@@ -365,7 +369,7 @@ def test_rerun_changes_nothing_and_restores_deleted_files(tmp_path):
     after = snapshot(out)  # split.json now remembers the new time; all else is as it was
     assert after.pop("split.json") != before.pop("split.json") and after == before
 
-    gone = read_manifest(out)[-1]["path"]
+    gone = read_split_manifest(out)[-1]["path"]
     (out / gone).unlink()
     with pytest.warns(SplitWarning, match="Restored 1 split files"):
         restored = split_dataset(raw, out, test_fraction=0.1)
@@ -382,13 +386,13 @@ def test_an_interrupted_split_is_completed_by_a_rerun(tmp_path, monkeypatch):
         if len(calls) == 7:
             raise KeyboardInterrupt
         return real_copy(src, dst)
-    monkeypatch.setattr(split.shutil, "copyfile", copy_then_crash)
+    monkeypatch.setattr(split_files.shutil, "copyfile", copy_then_crash)
     with pytest.raises(KeyboardInterrupt):
         split_quietly(raw, out)
-    monkeypatch.setattr(split.shutil, "copyfile", real_copy)
+    monkeypatch.setattr(split_files.shutil, "copyfile", real_copy)
     summary = split_quietly(raw, out)
     assert summary.status == "unchanged" and summary.restored == 14
-    assert files_in_split_folders(out) == {row["path"] for row in read_manifest(out)}
+    assert files_in_split_folders(out) == {row["path"] for row in read_split_manifest(out)}
 
 
 @pytest.mark.parametrize("change", [{"seed": 1}, {"val_fraction": 0.3}, {"test_fraction": 0.1},
@@ -439,7 +443,7 @@ def test_replace_refuses_over_foreign_files_and_deletes_only_its_own(tmp_path):
     raw, out = make_raw(tmp_path), tmp_path / "data"
     split_quietly(raw, out, seed=0)
     (out / "train" / "real" / "my notes.txt").write_text("keep me")
-    edited = out / read_manifest(out)[0]["path"]
+    edited = out / read_split_manifest(out)[0]["path"]
     (out / "README.md").write_text("my data folder")
     (out / "train" / "real" / ".DS_Store").write_bytes(b"clutter")
     before = snapshot(out)
@@ -455,7 +459,7 @@ def test_replace_refuses_over_foreign_files_and_deletes_only_its_own(tmp_path):
     assert summary.status == "replaced"
     split_quietly(raw, tmp_path / "fresh", seed=1)
     assert assignment(out) == assignment(tmp_path / "fresh")
-    assert files_in_split_folders(out) == {row["path"] for row in read_manifest(out)}
+    assert files_in_split_folders(out) == {row["path"] for row in read_split_manifest(out)}
     assert (out / "README.md").read_text() == "my data folder"  # outside the split folders
 
 
@@ -484,7 +488,7 @@ def test_groups_stay_whole(tmp_path, nested, group_by, seed):
     assert summary.n_groups == 10 + 2 + 8
     assert any("2 " in str(w.message) and "own" in str(w.message) for w in caught)
     splits_of_group = {}
-    for row in read_manifest(out):
+    for row in read_split_manifest(out):
         splits_of_group.setdefault(row["group"], set()).add(row["split"])
     assert len(splits_of_group) == 20
     assert all(len(splits) == 1 for splits in splits_of_group.values())
@@ -514,7 +518,7 @@ def test_identical_bytes_never_straddle_splits(tmp_path, seed):
     for i in range(6):  # six copies of one picture, under names far apart
         shutil.copyfile(raw / "real" / "r005.png", raw / "real" / f"z copy {i}.png")
     summary = split_quietly(raw, out, seed=seed)
-    copies = {row["split"] for row in read_manifest(out)
+    copies = {row["split"] for row in read_split_manifest(out)
               if row["sha256"] == hashlib.sha256((raw / "real" / "r005.png").read_bytes()).hexdigest()}
     assert len(copies) == 1
     assert summary.n_groups == 40
@@ -526,8 +530,126 @@ def test_same_bytes_in_both_classes_is_warned_and_kept_in_train(tmp_path):
     summary = split_quietly(raw, out)
     assert any("both the real and the fake" in w and "fake/also real.png = real/r001.png" in w
                for w in summary.warnings)
-    rows = {row["source"]: row for row in read_manifest(out)}
+    rows = {row["source"]: row for row in read_split_manifest(out)}
     assert rows["real/r001.png"]["split"] == rows["fake/also real.png"]["split"] == "train"
+
+
+# --- the plan, without a disk ------------------------------------------------------------------
+
+PLAN_SETTINGS = {"raw_dir": "/nowhere/raw", "val_fraction": 0.2, "test_fraction": 0.0, "seed": 0,
+                 "group_by": None, "link_mode": "copy"}
+PLAN_CLASS_FOLDERS = {"real": Path("/nowhere/raw/real"), "fake": Path("/nowhere/raw/fake")}
+
+
+def record(label: str, in_class: str, content: str | None = None) -> dict:
+    """What discovery.inspect_candidates records of an image, made up: no file behind it. Records
+    with the same content are byte-identical copies."""
+    content = f"{label}/{in_class}" if content is None else content
+    return {"label": label, "source": f"{label}/{in_class}", "in_class": in_class,
+            "sha256": hashlib.sha256(content.encode()).hexdigest(), "bytes": 100 + len(content),
+            "format": "PNG", "width": 8, "height": 8, "mode": "RGB", "frames": 1}
+
+
+def records(n_real: int, n_fake: int) -> list[dict]:
+    return ([record("real", f"r{i:03d}.png") for i in range(n_real)] +
+            [record("fake", f"f{i:03d}.png") for i in range(n_fake)])
+
+
+@pytest.fixture
+def no_disk(monkeypatch):
+    """Any file access while the plan is made fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the split plan touched the disk: {args}")
+    for name in ("stat", "lstat", "open", "scandir", "listdir", "walk", "link", "replace"):
+        monkeypatch.setattr(os, name, refuse)
+    monkeypatch.setattr("builtins.open", refuse)
+
+
+def plan(recs: list[dict], excluded=(), group_of=None, **settings) -> dict:
+    return plan_split(recs, list(excluded), {**PLAN_SETTINGS, **settings}, PLAN_CLASS_FOLDERS,
+                      group_of)
+
+
+def split_of(result: dict) -> dict[str, str]:
+    return {row["source"]: row["split"] for row in result["rows"]}
+
+
+@pytest.mark.parametrize("n_real, n_fake, val, test, expected", [
+    (50, 30, 0.2, 0.0, {"train": (40, 24), "val": (10, 6)}),
+    (50, 30, 0.1, 0.1, {"train": (40, 24), "val": (5, 3), "test": (5, 3)}),
+])
+def test_plan_is_stratified_and_exact_without_a_disk(no_disk, n_real, n_fake, val, test, expected):
+    result = plan(records(n_real, n_fake), val_fraction=val, test_fraction=test)
+    assert result["counts"] == {s: {"real": r, "fake": f} for s, (r, f) in expected.items()}
+    assert result["n_groups"] == n_real + n_fake and result["notes"] == []
+    rows = result["rows"]
+    assert [row["path"] for row in rows] == [f"{row['split']}/{row['label']}/{row['source'][5:]}"
+                                             for row in rows]
+    assert list(rows[0]) == list(split_read.MANIFEST_COLUMNS)
+    assert rows == sorted(rows, key=lambda row: (split_read.SPLITS.index(row["split"]),
+                                                 row["label"] == "fake", row["path"]))
+
+
+def test_plan_is_seeded_and_ignores_the_order_of_the_records(no_disk):
+    recs = records(50, 30)
+    first = plan(recs, seed=0)
+    shuffled = recs[:]
+    random.Random(1).shuffle(shuffled)
+    assert plan(shuffled, seed=0) == first
+    other = plan(recs, seed=1)
+    assert split_of(other) != split_of(first) and other["counts"] == first["counts"]
+    assert all("split" not in r and "group" not in r for r in recs)  # the caller's records as given
+
+
+@pytest.mark.parametrize("group_by", ["folder", r"regex:^(vid\d+)_", "/nowhere/groups.csv"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plan_never_lets_a_group_straddle_splits(no_disk, group_by, seed):
+    recs, group_of = [], {}
+    for label, n_videos in (("real", 10), ("fake", 8)):
+        for v in range(n_videos):
+            for f in range(5):
+                name = f"vid{v:02d}/{f}.png" if group_by == "folder" else f"vid{v:02d}_{f}.png"
+                recs.append(record(label, name))
+                group_of[f"{label}/{name}"] = f"vid{v:02d}"
+    recs += [record("real", "loose_a.png"), record("real", "loose_b.png")]
+    group_of.update({"real/loose_a.png": None, "real/loose_b.png": None})
+    result = plan(recs, group_by=group_by, test_fraction=0.1, seed=seed, group_of=group_of)
+    assert result["n_groups"] == 10 + 8 + 2
+    splits_of_group = {}
+    for row in result["rows"]:
+        splits_of_group.setdefault(row["group"], set()).add(row["split"])
+    assert len(splits_of_group) == 20 and all(len(s) == 1 for s in splits_of_group.values())
+    for s in ("train", "val", "test"):
+        assert result["counts"][s]["real"] > 0 and result["counts"][s]["fake"] > 0
+
+
+def test_plan_needs_the_group_file_read_for_it():
+    with pytest.raises(ValueError, match="group_of"):
+        plan(records(5, 5), group_by="/nowhere/groups.csv")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_keeps_byte_identical_files_together(no_disk, seed):
+    recs = records(20, 20)
+    recs += [record("real", f"z copy {i}.png", content="real/r005.png") for i in range(6)]
+    recs.append(record("fake", "also real.png", content="real/r001.png"))
+    result = plan(recs, seed=seed)
+    splits = split_of(result)
+    assert {splits[f"real/z copy {i}.png"] for i in range(6)} == {splits["real/r005.png"]}
+    assert splits["real/r001.png"] == splits["fake/also real.png"] == "train"
+    assert result["n_groups"] == 40
+    assert any("7 images are byte-identical" in note for note in result["notes"])
+    assert any("fake/also real.png = real/r001.png" in note for note in result["notes"])
+
+
+def test_plan_reports_left_out_files_and_refuses_too_few(no_disk):
+    excluded = [("fake/broken.jpg", "not an image"), ("fake/empty.png", "empty file (0 bytes)")]
+    result = plan(records(5, 3), excluded)
+    assert result["excluded"] == excluded
+    assert any("Left out 2 files under /nowhere/raw" in note and "fake/broken.jpg: not an image"
+               in note for note in result["notes"])
+    with pytest.raises(SplitError, match=r"(?s)/nowhere/raw/fake has 1 readable.*fake/empty.png"):
+        plan(records(5, 1), excluded)
 
 
 # --- reading a split ---------------------------------------------------------------------------
@@ -542,7 +664,7 @@ def test_list_split_from_the_manifest(tmp_path):
         assert (labels.count(0), labels.count(1)) == (n_real, n_fake)
         assert all(path.is_file() and path.parent.name == ("real", "fake")[label]
                    for path, label in items)
-    (out / read_manifest(out)[0]["path"]).unlink()
+    (out / read_split_manifest(out)[0]["path"]).unlink()
     with pytest.raises(SplitError, match="missing.*same settings"):
         list_split(out, "train")
 

@@ -13,7 +13,7 @@ from torch import nn
 from deepfake_detector import gradcam
 from deepfake_detector.model import build_model
 from deepfake_detector.notebook import PROJECT_ROOT
-from deepfake_detector.train import feature_batches, run_epoch
+from deepfake_detector.loop import feature_batches, run_epoch
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "deepfake_detector.ipynb"
 

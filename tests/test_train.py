@@ -10,10 +10,13 @@ import torch
 from torch import nn
 
 from deepfake_detector.features import extract_features
-from deepfake_detector.inference import evaluate_run, load_run
-from deepfake_detector.split import list_split
+from deepfake_detector.inference import evaluate_run
+from deepfake_detector.split_read import list_split
 from deepfake_detector.model import build_model
-from deepfake_detector.train import (RunExistsError, TrainConfig, feature_batches, fit, train)
+from deepfake_detector.loop import feature_batches, fit
+from deepfake_detector.preprocessing import Preprocessing
+from deepfake_detector.run_dir import RunExistsError, load_run
+from deepfake_detector.train import TrainConfig, train
 
 
 def test_early_stopping_stops_and_restores_the_best_epoch():
@@ -62,7 +65,8 @@ def val_logits(run) -> np.ndarray:
     fp32: logits, whose differences are not squashed the way P(fake) near 0 or 1 is."""
     model, checkpoint = load_run(run, device="cpu")
     features = extract_features(model, list_split(run.config.data_dir, "val"),
-                                checkpoint["img_size"], num_workers=0).double()
+                                Preprocessing(checkpoint["img_size"], decode="full"),
+                                num_workers=0).double()
     with torch.no_grad():
         return (features @ model.fc.weight.double().T + model.fc.bias.double()).squeeze(1).numpy()
 

@@ -15,6 +15,7 @@ from deepfake_detector import gradcam  # noqa: E402
 from deepfake_detector.data import eval_transform, open_image  # noqa: E402
 from deepfake_detector.predictions import read_predictions  # noqa: E402
 from deepfake_detector.inference import load_run  # noqa: E402
+from deepfake_detector.preprocessing import Preprocessing  # noqa: E402
 from deepfake_detector.widgets import ImageBrowser, ThresholdExplorer, UploadBox  # noqa: E402
 
 
@@ -61,8 +62,8 @@ def test_image_browser_filters_by_outcome_and_shows_the_package_grad_cam(trained
     paths = [row["path"] for row in rows]
     labels = [int(row["label"]) for row in rows]
     probabilities = [float(row["prediction"]) for row in rows]
-    browser = ImageBrowser(model, paths, labels, probabilities, checkpoint["img_size"],
-                           threshold=0.5)
+    browser = ImageBrowser(model, paths, labels, probabilities,
+                           Preprocessing.from_checkpoint(checkpoint), threshold=0.5)
     expected = [gradcam.outcome_of(y, p >= 0.5) for y, p in zip(labels, probabilities)]
     for outcome in gradcam.OUTCOMES:
         browser.outcome.value = outcome
@@ -92,7 +93,7 @@ def test_upload_box_gives_probability_verdict_and_cam(run_model, tmp_path):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    box = UploadBox(model, checkpoint["img_size"], threshold=0.5)
+    box = UploadBox(model, Preprocessing.from_checkpoint(checkpoint), threshold=0.5)
     assert box.shown is None and "Upload an image" in box.caption.value  # the first state
     box.upload.value = ({"name": "mine.png", "type": "image/png", "size": len(buffer.getvalue()),
                          "content": memoryview(buffer.getvalue()),
