@@ -28,8 +28,11 @@ from deepfake_detector.huge_pages import prefer_huge_pages  # noqa: E402
 
 prefer_huge_pages()
 
-# The CIFAKE sample that every checkout has beside it (../shared), never copied into the repository.
-CIFAKE_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake-dev"
+# The CIFAKE sample that every checkout has beside it (../shared), never copied into the repository;
+# elsewhere, the folder (with real/ and fake/) that DEEPFAKE_DETECTOR_CIFAKE_DIR names.
+CIFAKE_ENV = "DEEPFAKE_DETECTOR_CIFAKE_DIR"
+CIFAKE_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake-dev"
+CIFAKE_DEV = Path(os.environ.get(CIFAKE_ENV) or CIFAKE_BESIDE).expanduser()
 PHOTO_SIZE = (1280, 1024)  # width, height: the photos of --data photos
 
 

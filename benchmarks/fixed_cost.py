@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-CIFAKE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifake-dev"
+# The CIFAKE sample beside the checkout, or the folder DEEPFAKE_DETECTOR_CIFAKE_DIR names.
+CIFAKE = Path(os.environ.get("DEEPFAKE_DETECTOR_CIFAKE_DIR")
+              or Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifake-dev")
 
 
 def old_bootstrap_ci(y_true, p_fake, threshold=0.5, n_bootstrap=1000, seed=0, level=None):
@@ -82,7 +84,8 @@ def main(argv=None) -> dict:
     from deepfake_detector.figures import drawing_processes, save_figures
     from deepfake_detector.probe import fit_probe
     from deepfake_detector.split_read import list_split, split_groups
-    from deepfake_detector.train import TrainConfig, run_drawings, train
+    from deepfake_detector.train import TrainConfig, train
+    from deepfake_detector.validation_files import run_drawings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="a split folder (default: cifake-dev sample)")

@@ -153,7 +153,8 @@ def main(argv=None) -> None:
     data = Path(args.data)
     if not (data / "real").is_dir():
         raise SystemExit(f"{data} has no real/ and fake/ folders: pass --data, a folder with both "
-                         "(the CIFAKE sample is expected at ../shared/data/cifake-dev).")
+                         "(the CIFAKE sample is expected at ../shared/data/cifake-dev, or where "
+                         "DEEPFAKE_DETECTOR_CIFAKE_DIR points).")
     load = os.getloadavg()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="torchrun-speed-") as work:

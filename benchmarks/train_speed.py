@@ -405,7 +405,8 @@ def resolve_weights(choice: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(CIFAKE_DEV),
-                        help='a folder holding real/ and fake/ (default: ../shared/data/cifake-dev), '
+                        help='a folder holding real/ and fake/ (default: ../shared/data/cifake-dev, or '
+                             '$DEEPFAKE_DETECTOR_CIFAKE_DIR), '
                              'or "photos": megapixel JPEGs made from CIFAKE (see above)')
     parser.add_argument("--data-path-images", type=int, default=400,
                         help="images per data-path extraction (decode x resize); 0: skip it")

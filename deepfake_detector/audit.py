@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import FuncFormatter
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -39,9 +38,11 @@ from . import CLASS_NAMES, CLASS_TO_IDX
 from .plots import FAKE_COLOUR, REAL_COLOUR
 from .tables import markdown_table, write_table
 from .figures import paper_style, plt, save_figure
-from .images import regular_file_problem
+from .images import open_supported, regular_file_problem
+from .folder_lock import folder_lock, locks_folders
 from .manifest import recording
 from .discovery import inspect_image
+from .files import printable
 from .split_read import SPLITS, list_labelled_folder, read_split_manifest
 
 # When a difference becomes a flag.
@@ -92,11 +93,11 @@ def estimate_jpeg_quality(quantization: dict) -> int | None:
 
 
 def jpeg_quality_of(path) -> int | None:
-    """Reads only the header: Image.open does not decode pixels."""
+    """Reads only the header: opening does not decode pixels."""
     if regular_file_problem(path):
         return None
     try:
-        with Image.open(path) as image:
+        with open_supported(path) as image:  # supported formats only (images.py)
             return estimate_jpeg_quality(getattr(image, "quantization", None)) \
                 if image.format == "JPEG" else None
     except OSError:
@@ -132,7 +133,7 @@ def image_records(data_dir) -> tuple[list[dict], str, list[dict]]:
         for path, label in list_labelled_folder(folder):
             facts, reason = inspect_image(path)
             if reason:
-                unreadable.append({"path": str(path), "reason": reason})
+                unreadable.append({"path": printable(path), "reason": reason})
                 continue
             records.append({"split": split, "label": CLASS_NAMES[label], "path": str(path), **facts,
                             "jpeg_quality": jpeg_quality_of(path) if facts["format"] == "JPEG" else None})
@@ -280,6 +281,7 @@ def duplicate_flags(dups: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- the audit
 
+@locks_folders(lambda a: (a["out_dir"],))  # a given out_dir: refused before the work
 def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
     """Audit data_dir (a split, a hand-made split, or one folder with real/ and fake/).
 
@@ -336,7 +338,8 @@ def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
         out_dir = data_dir / "audit" if source == "manifest" else \
             Path("outputs") / "audit" / data_dir.resolve().name
     out = Path(out_dir)
-    with recording(out):  # into a run's manifest when written into a run (train's audit/)
+    # One writer (folder_lock.py); into a run's manifest when written into a run (train's audit/)
+    with folder_lock(out), recording(out):
         write_audit(findings, records, out)
     findings["out_dir"] = str(out)
     if flags:

@@ -27,14 +27,19 @@ import threading
 from dataclasses import fields
 from pathlib import Path
 
-from .config import (PRECISIONS, TrainConfig, positive_float_or_find,  # noqa: F401 (re-exported)
-                     positive_int)
+from .config import (PRECISIONS, TrainConfig, image_size,  # noqa: F401 (re-exported)
+                     port_number, positive_float_or_find, positive_int, seed_number)
 from .huge_pages import prefer_huge_pages
 from .serve import MissingExtraError
+from .terminal import (HelpFormatter, command_line_words, interrupted_message, metrics_summary,
+                       plain_warnings, program_name)
 
 
 # The settings the command line takes, from TrainConfig: a field with a flag is an option.
 TRAIN_SETTINGS = {f.name: f for f in fields(TrainConfig) if f.metadata.get("flag")}
+# Those the command line insists on (weights): checked after parsing, so that a missing one gets
+# one line saying which values it takes, not argparse's usage and "required: --weights".
+REQUIRED_SETTINGS = [name for name, f in TRAIN_SETTINGS.items() if f.metadata["required"]]
 
 
 def add_setting(parser, name: str) -> None:
@@ -45,20 +50,21 @@ def add_setting(parser, name: str) -> None:
         parser.add_argument(meta["flag"], dest=name, action="store_false", help=meta["help"])
     elif isinstance(default, bool):
         parser.add_argument(meta["flag"], dest=name, action="store_true", help=meta["help"])
-    elif meta["required"]:
-        parser.add_argument(meta["flag"], dest=name, required=True, type=meta["parse"],
-                            help=meta["help"])
+    elif meta["required"]:  # None when absent: main() says what to give, in one line
+        parser.add_argument(meta["flag"], dest=name, default=None, type=meta["parse"],
+                            help=f"required: {meta['help']}")
     else:
         parser.add_argument(meta["flag"], dest=name, default=default, type=meta["parse"],
                             choices=meta.get("choices"), help=meta["help"])
 
 
-def add_precision(p, default: str | None, what: str) -> None:
+def add_precision(p, default: str | None,
+                  fp32_is: str = "the same numbers on every device") -> None:
     """--precision of a command that applies a run (its default: the run's, or fp32)."""
     p.add_argument("--precision", choices=PRECISIONS, default=default,
-                   help=f"what the model computes in {what}: fp32 (the same numbers on every "
-                        "device), or mixed precision bf16, fp16, amp (bf16/fp16 on CUDA, fp32 "
-                        "elsewhere): faster on GPUs, numbers differ slightly")
+                   help=f"what the model computes in: fp32 ({fp32_is}), or mixed precision bf16, "
+                        "fp16, amp (bf16/fp16 on CUDA, fp32 elsewhere): faster on GPUs, numbers "
+                        "differ slightly" + ("" if default else " (default: the run's)"))
 
 
 def add_deterministic(p, default: bool) -> None:
@@ -77,22 +83,31 @@ def add_split(commands):
     p = commands.add_parser("split", help="split raw real/fake folders into train/val[/test]")
     p.add_argument("--raw", default="dataset_raw", help="folder holding real/ and fake/")
     p.add_argument("--out", default="data", help="where train/ val/ [test/] and split.csv go")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--test-fraction", type=float, default=0.0, help="e.g. 0.1 with --val-fraction 0.1")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of each class held out for validation")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="share of each class held out for a final test, e.g. 0.1 with "
+                        "--val-fraction 0.1")
+    p.add_argument("--seed", type=seed_number, default=0,
+                   help="seed of the shuffle: the same seed and images give the same split")
     p.add_argument("--group-by", default=None,
                    help='keep related images together: "folder", "regex:PATTERN" or a CSV path,group')
-    p.add_argument("--link-mode", choices=["copy", "hardlink"], default="copy")
+    p.add_argument("--link-mode", choices=["copy", "hardlink"], default="copy",
+                   help="copy the images, or hard-link them (no extra disk space; --raw and "
+                        "--out on one file system)")
     p.add_argument("--replace", action="store_true", help="replace an existing split made differently")
     p.set_defaults(func=run_split)
 
 
 def run_split(args):
     from .split import split_dataset
-    summary = split_dataset(args.raw, args.out, val_fraction=args.val_fraction,
-                            test_fraction=args.test_fraction, seed=args.seed,
-                            group_by=args.group_by, link_mode=args.link_mode,
-                            replace=args.replace)
+    try:
+        summary = split_dataset(args.raw, args.out, val_fraction=args.val_fraction,
+                                test_fraction=args.test_fraction, seed=args.seed,
+                                group_by=args.group_by, link_mode=args.link_mode,
+                                replace=args.replace)
+    except ValueError as error:  # the library speaks Python (replace=True, out_dir): reworded
+        raise ValueError(command_line_words(str(error))) from None
     print(summary)
     return summary
 
@@ -108,9 +123,11 @@ def run_train(args):
     from . import distributed
     from .train import train
     config = TrainConfig(**{name: getattr(args, name) for name in TRAIN_SETTINGS})
-    if distributed.is_active():
-        return train_under_torchrun(config)
-    return train(config)
+    run = train_under_torchrun(config) if distributed.is_active() else train(config)
+    if run is not None:  # None: a torchrun rank other than 0, done once its features were in
+        print(metrics_summary(run.metrics, "validation", f"{run.run_dir} (checkpoint.pt, "
+                              "metrics_val.json with every digit, report.md, figures/, tables/)"))
+    return run
 
 
 def train_under_torchrun(config):
@@ -187,19 +204,24 @@ def run_lr_find(args):
 
 def add_run_on_data(parser) -> None:
     """--run, --data, --split: a trained run applied to a split (or any real/ fake/ folder)."""
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run", required=True, help="the run directory that train wrote")
     parser.add_argument("--data", default="data", help="split folder, or any folder with real/ fake/")
-    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
+    parser.add_argument("--split", default="val", choices=["train", "val", "test"],
+                        help="which split of a split folder")
 
 
 def add_evaluate(commands):
     p = commands.add_parser("evaluate", help="metrics of a run on a split or another folder")
     add_run_on_data(p)
-    p.add_argument("--out", default=None, help="default RUN/eval/<data>-<split>")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--out", default=None, help="folder for the metrics, predictions and figures "
+                                               "(default RUN/eval/<data>-<split>)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     add_setting(p, "device")
-    add_precision(p, None, "(default: the run's)")
+    add_precision(p, None)
     add_deterministic(p, True)
+    p.add_argument("--json", action="store_true",
+                   help="print the metrics as one JSON object, every digit (as metrics.json), "
+                        "instead of the short summary")
     p.set_defaults(func=run_evaluate)
 
 
@@ -210,18 +232,27 @@ def run_evaluate(args):
                            args.device, log=lambda m: print(m, file=sys.stderr),
                            numerics=Numerics(args.precision, args.deterministic))
     if distributed.is_main():  # under torchrun the other ranks only ran their share
-        print(json.dumps(metrics, indent=2))
+        out = Path(args.out) if args.out else \
+            Path(args.run) / "eval" / f"{Path(args.data).name}-{metrics['split']}"  # evaluate_run's
+        print(json.dumps(metrics, indent=2) if args.json else metrics_summary(
+            metrics, f"{metrics['split']} of {args.data}",
+            f"{out} (metrics.json with every digit, predictions.csv, figures)"))
     return metrics
 
 
 def add_predict(commands):
     p = commands.add_parser("predict", help="P(fake) per image, to CSV or JSON")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run directory that train wrote")
     p.add_argument("paths", nargs="+", help="image files and/or folders")
     p.add_argument("--out", default=None, help=".json or .csv (default: JSON to stdout)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    p.add_argument("--json-details", action="store_true",
+                   help="JSON rows also carry predicted_label, path and how far each image is "
+                        "from the training data (ood_score, ood_percentile, ood_flag, size_flag, "
+                        "unlike_training), as the CSV always does; without it the JSON keeps "
+                        "its usual keys")
     add_setting(p, "device")
-    add_precision(p, None, "(default: the run's)")
+    add_precision(p, None)
     add_deterministic(p, False)
     p.set_defaults(func=run_predict)
 
@@ -233,30 +264,35 @@ def run_predict(args):
     numerics = Numerics(args.precision, args.deterministic)
     if args.out:  # streamed to the file batch by batch: flat memory for any number of images
         n = predict_to_file(args.run, args.paths, args.out, args.batch_size, args.device,
-                            numerics=numerics)
+                            numerics=numerics, ood_columns=args.json_details or None)
         if distributed.is_main():
             print(f"{n} predictions written to {args.out}", file=sys.stderr)
         return n
-    rows = iter_predictions(args.run, args.paths, args.batch_size, args.device, numerics=numerics)
+    rows = iter_predictions(args.run, args.paths, args.batch_size, args.device, numerics=numerics,
+                            ood_columns=args.json_details)
     if not distributed.is_main():  # this rank's share goes to rank 0, which prints them all
         return sum(1 for _ in rows)
+    if args.json_details:
+        return write_prediction_rows(rows, sys.stdout, "json")
     return write_prediction_rows(({"image_id": row["image_id"], "prediction": row["prediction"]}
                                   for row in rows), sys.stdout, "json")
 
 
 def add_gradcam(commands):
     p = commands.add_parser("gradcam", help="Grad-CAM overlays, contact sheet, faithfulness")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run directory that train wrote")
     p.add_argument("--images", nargs="+", required=True,
                    help="a split folder (with real/ fake/: overlays sorted tp/tn/fp/fn) or files")
-    p.add_argument("--out", required=True)
-    p.add_argument("--target", default="predicted", choices=["predicted", "fake", "real"])
+    p.add_argument("--out", required=True,
+                   help="folder for the overlays, index.csv, the contact sheet and summary.json")
+    p.add_argument("--target", default="predicted", choices=["predicted", "fake", "real"],
+                   help="the class each map shows the evidence for")
     p.add_argument("--masks", default=None, help="folder of masks of the fakes (synthetic data)")
-    p.add_argument("--max-images", type=positive_int, default=None)
-    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-images", type=positive_int, default=None,
+                   help="explain at most this many images (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     add_setting(p, "device")
-    add_precision(p, "fp32", "(fp32: within 1e-5 of pytorch-grad-cam; bf16/fp16/amp: faster on "
-                             "GPUs, maps differ slightly, see gradcam.py)")
+    add_precision(p, "fp32", "maps within 1e-5 of the pytorch-grad-cam package's")
     add_deterministic(p, False)
     p.set_defaults(func=run_gradcam)
 
@@ -274,10 +310,17 @@ def run_gradcam(args):
 
 def add_demo_data(commands):
     p = commands.add_parser("demo-data", help="generate the synthetic real/fake set (with masks)")
-    p.add_argument("--out", default="data/synthetic_raw")
-    p.add_argument("--n-per-class", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="data/synthetic_raw",
+                   help="folder for real/, fake/ and masks/ (never one with other images in it)")
+    p.add_argument("--n-per-class", type=positive_int, default=None,
+                   help="images per class (default 300)")
+    # --img-size, as every other command says; --image-size, its old name, still works (hidden).
+    p.add_argument("--img-size", dest="image_size", metavar="IMG_SIZE", type=image_size,
+                   default=None,
+                   help="side of the square images in px, even, at least 16 (default 160)")
+    p.add_argument("--image-size", dest="image_size", type=image_size, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=seed_number, default=0,
+                   help="seed of the generator: the same seed gives the same files, byte for byte")
     p.set_defaults(func=run_demo_data)
 
 
@@ -292,7 +335,8 @@ def run_demo_data(args):
 
 def add_notebook(commands):
     p = commands.add_parser("notebook", help="execute the notebook headless into outputs/")
-    p.add_argument("--notebook", default="notebooks/deepfake_detector.ipynb")
+    p.add_argument("--notebook", default="notebooks/deepfake_detector.ipynb",
+                   help="the notebook to execute")
     p.add_argument("--out", default=None, help="folder for the run (default outputs/demo-<time>)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                    metavar=("NAME", "VALUE"),
@@ -331,8 +375,9 @@ def run_audit(args):
 def add_robustness(commands):
     p = commands.add_parser("robustness", help="metrics under JPEG, down-scaling and blur")
     add_run_on_data(p)
-    p.add_argument("--n-bootstrap", type=int, default=200)
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--n-bootstrap", type=int, default=200,
+                   help="bootstrap resamples behind each 95%% confidence interval")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     add_setting(p, "device")
     add_setting(p, "num_workers")
     p.set_defaults(func=run_robustness)
@@ -350,13 +395,14 @@ def run_robustness(args):
 
 def add_cross_eval(commands):
     p = commands.add_parser("cross-eval", help="evaluate a run on another data set, as a table row")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help="the run directory that train wrote")
     p.add_argument("--data", required=True, help="folder with real/ and fake/, or a split folder")
     p.add_argument("--name", default=None, help="the test set's name in the table (default: folder)")
     p.add_argument("--split", default=None, choices=["train", "val", "test"],
                    help="of a split folder (default: test if it has one, else val)")
-    p.add_argument("--n-bootstrap", type=int, default=1000)
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--n-bootstrap", type=int, default=1000,
+                   help="bootstrap resamples behind each 95%% confidence interval")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     add_setting(p, "device")
     add_setting(p, "num_workers")
     p.set_defaults(func=run_cross_eval)
@@ -378,8 +424,9 @@ def add_finetune(commands):
     p.add_argument("--out", default=None, help="new run directory (default RUN-finetune-layer4)")
     p.add_argument("--lr", type=float, default=1e-5, help="layer4's learning rate")
     p.add_argument("--head-lr", type=float, default=None, help="the head's (default 10 x --lr)")
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--patience", type=positive_int, default=3)
+    p.add_argument("--epochs", type=positive_int, default=10, help="epoch budget of phase 2")
+    p.add_argument("--patience", type=positive_int, default=3,
+                   help="epochs without val-loss improvement before stopping")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: the run's")
     p.add_argument("--no-layer3-cache", action="store_true",
                    help="full forward passes every epoch (the cache gives the same result)")
@@ -404,7 +451,7 @@ def add_app(commands):
     p.add_argument("--run", default=None, help="the run to serve (required unless --demo)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=port_number, default=8501, help="port to serve on")
     p.add_argument("--demo", action="store_true",
                    help="without --run: first train the synthetic demo run (about a minute)")
     p.set_defaults(func=run_app)
@@ -422,22 +469,43 @@ COMMANDS = (add_split, add_train, add_lr_find, add_evaluate, add_predict, add_gr
 DISTRIBUTED_COMMANDS = ("predict", "evaluate", "extract", "train")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line. Imports nothing heavy (each command imports what it runs), so
-    --help answers at once."""
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, named as the user called it (`prog`, default program_name():
+    deepfake-detector or python -m deepfake_detector), every option's default in its --help.
+    Imports nothing heavy (each command imports what it runs), so --help answers at once."""
     from . import __version__
-    parser = argparse.ArgumentParser(prog="python -m deepfake_detector", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog = prog or program_name()
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.replace("python -m deepfake_detector", "%(prog)s"),
+        formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(commands)
+    for command in commands.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
+
+
+def check_required_settings(parser: argparse.ArgumentParser, args) -> None:
+    """A required setting left out (train's --weights): one line with the values it takes."""
+    for name in REQUIRED_SETTINGS:
+        if getattr(args, name, "") is None:
+            meta = TRAIN_SETTINGS[name].metadata
+            parser.exit(2, f"{parser.prog} {args.command}: error: {meta['flag']} is required, "
+                           f"one of {meta['help']}\n")
 
 
 def run(args) -> object:
     """Run the parsed command: each sub-parser set its own function (set_defaults(func=...))."""
     return args.func(args)
+
+
+def check_device(args) -> None:
+    """A named --device, checked before anything runs or is written (model.pick_device)."""
+    if getattr(args, "device", "auto") != "auto":
+        from .model import pick_device
+        pick_device(args.device)
 
 
 def start_distributed(args) -> None:
@@ -455,7 +523,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--"]:  # `python -m deepfake_detector -- predict ...`, as under torchrun
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_required_settings(parser, args)
     # Large CPU tensors on huge pages (huge_pages.py): the program decides, before torch's first
     # large allocation; importing the package does not.
     prefer_huge_pages()
@@ -468,14 +538,16 @@ def main(argv=None) -> int:
         # `kill` (a job scheduler's stop) ends a command like Ctrl-C: cleanly, and with the line.
         signal.signal(signal.SIGTERM, interrupt)
     try:
-        start_distributed(args)
-        run(args)
+        with plain_warnings():  # "warning: ..." lines, not Python's file:line and source line
+            check_device(args)
+            start_distributed(args)
+            run(args)
     except (ValueError, OSError, MissingExtraError) as error:
         # Errors of the user's data or choices: one clear message, not a traceback.
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: {KEPT_WHEN_INTERRUPTED.get(args.command, KEPT_BY_DEFAULT)}",
+        print(f"interrupted: {interrupted_message(args.command)}",
               file=sys.stderr)
         return 130
     except RuntimeError as error:
@@ -505,24 +577,6 @@ def lost_a_peer(error: RuntimeError) -> bool:
 
 def interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-# Ctrl-C: one line per command, saying what was kept and how to go on.
-KEPT_BY_DEFAULT = ("files are written whole or not at all, so what was written is kept; "
-                   "re-running the same command carries on from there.")
-KEPT_WHEN_INTERRUPTED = {
-    "split": "the manifest and the files copied so far are kept (raw data untouched); re-running "
-             "the same command carries on and copies the rest.",
-    "train": "the run folder is kept, marked unfinished, with the features extracted before the "
-             "last completed pass in the feature cache; re-running the same command replaces the "
-             "unfinished run (no --overwrite needed) and carries on from the cached features.",
-    "finetune": "the phase-2 folder is kept, marked unfinished; re-running the same command "
-                "replaces it (no --overwrite needed).",
-    "gradcam": "the overlays written so far are kept and listed in index.csv and summary.json; "
-               "re-running the same command carries on with the images not yet explained.",
-    "predict": "nothing partial is kept (the output file appears whole or not at all); "
-               "re-running the same command starts again.",
-}
 
 
 if __name__ == "__main__":

@@ -31,6 +31,18 @@ RESIZE_MODES = ("auto", "pil", "device")
 # What the backbone may compute in (features.autocast_dtype says what each means on each device).
 PRECISIONS = ("fp32", "bf16", "fp16", "amp")
 
+# The largest input side (--img-size, a checkpoint's img_size), checked by
+# preprocessing.check_img_size and by the command line's type below. Activations grow with the
+# square of the side: summed over ResNet-18's layers, one 224 px image needs 30 MB of fp32
+# activations and one 4096 px image already 10 GB (its first convolution's output alone is
+# 1.1 GB), which Grad-CAM and fine-tuning keep for their backward pass; at 30000 px it would be
+# 540 GB. A detail smaller than 1/4096 of the picture is no use to a 7x7-grid model anyway.
+MAX_IMG_SIZE = 4096
+IMG_SIZE_WHY = (f"a {MAX_IMG_SIZE} px image already needs about 10 GB of ResNet-18 activations "
+                "(224, its native size, needs 30 MB)")
+# numpy's and torch's seeds: 32 bits (numpy's legacy seeding refuses more, and negatives).
+MAX_SEED = 2**32 - 1
+
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1, checked before anything runs or is written."""
@@ -40,6 +52,38 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}")
+    return value
+
+
+def image_size(text: str) -> int:
+    """argparse type for --img-size: a whole number from 1 to MAX_IMG_SIZE (IMG_SIZE_WHY)."""
+    value = positive_int(text)
+    if value > MAX_IMG_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_IMG_SIZE}; got {text!r}: "
+                                         f"{IMG_SIZE_WHY}.")
+    return value
+
+
+def seed_number(text: str) -> int:
+    """argparse type for every --seed: a whole number from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED} "
+                                         f"(2**32 - 1); got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type for --port: a TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535; got {text!r}")
     return value
 
 
@@ -73,10 +117,12 @@ class TrainConfig:
     data_dir: str = setting("data", "folder with train/ and val/", flag="--data")
     out_dir: str = setting("", "run directory (default outputs/runs/<time>)", flag="--out")
     weights: str = setting(
-        "imagenet", '"imagenet", "none" (random init, on purpose) or a path to a .pth file',
-        flag="--weights", required=True)
+        "imagenet", "imagenet (torchvision's pretrained weights: downloaded once, needs "
+                    "internet the first time), none (random init, on purpose) or a path to a "
+                    ".pth file", flag="--weights", required=True)
     img_size: int = setting(224, "input size; ResNet-18's native 224, smaller is faster with "
-                                 "coarser CAMs", flag="--img-size", parse=positive_int)
+                                 f"coarser CAMs; at most {MAX_IMG_SIZE}", flag="--img-size",
+                            parse=image_size)
     decode: str = setting(
         "draft", "draft (default): large JPEGs decoded at reduced size (the nearest 1/2, 1/4, 1/8 "
                  "at or above --img-size), much faster on photos; full: every pixel. Recorded in "
@@ -111,7 +157,7 @@ class TrainConfig:
               "--lr-plateau-patience 0 --no-standardize)", flag="--no-standardize")
     probe: bool = setting(True, "skip the logistic-regression probe", flag="--no-probe")
     seed: int = setting(0, "seed of the head's init, the batch order and augmentation",
-                        flag="--seed", parse=int)
+                        flag="--seed", parse=seed_number)
     augment: bool = setting(False, "flip, colour jitter, small rotation (off by default: see the "
                                    "notebook on why)", flag="--augment")
     augmentation: dict = setting(help="what --augment does", factory=lambda: dict(DEFAULT_AUGMENTATION))
@@ -132,5 +178,5 @@ class TrainConfig:
                 "faster on GPUs, numbers differ slightly; evaluate, predict and Grad-CAM default "
                 "to the run's", flag="--precision", choices=PRECISIONS)
     deterministic: bool = setting(
-        False, "torch's and cuDNN's deterministic kernels (determinism.py): the same numbers on "
+        False, "torch's and cuDNN's deterministic kernels: the same numbers on "
                "every run of a GPU, a little slower", flag="--deterministic")

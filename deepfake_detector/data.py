@@ -38,6 +38,7 @@ from torchvision import transforms
 
 # What --augment means: stated once, with the settings.
 from .config import DEFAULT_AUGMENTATION
+from .distributed import changed_since_listed
 from .images import ImageLoadError, decode_image, open_rgb  # noqa: F401 (ImageLoadError: re-exported)
 # The normalisation and the checks of the decode and resize modes belong to Preprocessing, the
 # one object for how an image becomes a tensor; re-exported here, where the steps run.
@@ -253,6 +254,9 @@ class ImageDataset(Dataset):
 
     With skip_unreadable, a file that cannot be decoded gives (None, reason, index) instead of
     raising, and `collate_skipping` batches it apart: a folder is checked while it is predicted.
+    `items` listed as a distributed.Listing (with each file's size and modification time when it
+    was listed): a file that changed or vanished since is not used (checked before and after its
+    read), skipped with that reason, or with skip_unreadable off, an ImageLoadError naming it.
     """
 
     def __init__(self, items: list[tuple[Path, int]], transform, skip_unreadable: bool = False,
@@ -261,15 +265,25 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.decode_size = decode_size  # decode a large JPEG at reduced size for this side
+        self.stamps = getattr(items, "stamps", None)  # (size, mtime) as listed (Listing)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         path, label = self.items[index]
-        if not self.skip_unreadable:
-            return self.transform(open_image(path, self.decode_size)), label, index
-        image, reason = try_open_image(path, self.decode_size)
+        stamp = None if self.stamps is None else self.stamps[index]
+        changed = changed_since_listed(path, stamp)
+        if changed is None:
+            if self.skip_unreadable:
+                image, reason = try_open_image(path, self.decode_size)
+            else:
+                image, reason = open_image(path, self.decode_size), None
+            changed = changed_since_listed(path, stamp)  # (while it was read)
+        if changed is not None:
+            if not self.skip_unreadable:
+                raise ImageLoadError(f"{path} {changed}.")
+            return None, changed, index
         if image is None:
             return None, reason, index
         return self.transform(image), label, index

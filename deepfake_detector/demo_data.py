@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from . import CLASS_NAMES, CLASS_TO_IDX, __version__
+from .folder_lock import folder_lock
 
 # The demo's defaults, chosen for the 5-minute CPU budget: at 160 px the frozen ResNet-18 gives
 # Grad-CAM a 5x5 layer4 map to localise with and extracts ~50 images/s on two cores; 2 x 300
@@ -322,19 +323,20 @@ def generate_demo_data(out_dir: str | os.PathLike, n_per_class: int = DEMO_N_PER
     if saved is not None and same_generation(saved, parameters):
         check_complete(out_dir, n_per_class)
         return out_dir
-    check_can_write(out_dir)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        write_images(staging, n_per_class, image_size, seed)
-        (staging / "README.md").write_text(readme_text(parameters))
-        (staging / GENERATION_FILE).write_text(json.dumps(parameters, indent=2) + "\n")
-        out_dir.mkdir(exist_ok=True)
-        for name in (*CLASS_NAMES, MASKS_DIRNAME, "README.md", GENERATION_FILE):
-            os.replace(staging / name, out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    check_can_write(out_dir)  # before the lock: never a lock file among someone's images
+    with folder_lock(out_dir):  # one writer (folder_lock.py)
+        check_can_write(out_dir)  # again: another generation may have just finished there
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        try:
+            write_images(staging, n_per_class, image_size, seed)
+            (staging / "README.md").write_text(readme_text(parameters))
+            (staging / GENERATION_FILE).write_text(json.dumps(parameters, indent=2) + "\n")
+            out_dir.mkdir(exist_ok=True)
+            for name in (*CLASS_NAMES, MASKS_DIRNAME, "README.md", GENERATION_FILE):
+                os.replace(staging / name, out_dir / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
@@ -412,7 +414,9 @@ def mask_path_for(image_path: str | os.PathLike, masks_dir: str | os.PathLike | 
 def load_mask(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> np.ndarray:
     """A mask file as a bool array (True = re-synthesised); resized with nearest neighbour to
     size (an int for a square, or (height, width)) so it stays binary."""
-    mask = Image.open(path).convert("L")
+    from .images import open_supported  # JPEG, PNG, ... only: no other decoder runs
+    with open_supported(path) as opened:
+        mask = opened.convert("L")
     if size is not None:
         height, width = (size, size) if isinstance(size, int) else size
         mask = mask.resize((width, height), Image.NEAREST)

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from . import CLASS_NAMES
-from .files import sha256_of_file
+from .files import is_utf8, printable, sha256_of_file
 from .images import ImageLoadError, decode_image, regular_file_problem
 from .progress import tqdm
 from .split_errors import SplitError
@@ -20,6 +20,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 CLASS_WORDS = {"real": "real", "reals": "real", "fake": "fake", "fakes": "fake"}
 FILLER_WORDS = {"data", "image", "images", "img", "imgs", "photo", "photos", "face", "faces",
                 "frame", "frames", "set"}
+NOT_UTF8 = ("its name is not valid UTF-8, so no manifest, table or log could hold it as it is; "
+            "rename it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +133,8 @@ def inspect_image(path: Path) -> tuple[dict | None, str | None]:
     else. Only regular files are read (a FIFO or /dev/zero behind an image name is refused, not
     read); the bytes are hashed in blocks and decoded by images.decode_image, the project's one
     opener, under its pixel limit."""
+    if not is_utf8(path.name):
+        return None, NOT_UTF8
     problem = regular_file_problem(path)
     if problem:
         return None, problem
@@ -158,8 +162,9 @@ def inspect_candidates(raw_dir: Path, class_folders: dict[str, Path],
     for label, paths in candidates.items():
         for path in tqdm(paths, desc=f"checking {label}", unit="img", leave=False,
                          disable=len(paths) < 500):
-            facts, reason = inspect_image(path)
             source = path.relative_to(raw_dir).as_posix()
+            facts, reason = inspect_image(path) if is_utf8(source) else (None, NOT_UTF8)
+            source = printable(source)
             if reason:
                 excluded.append((source, reason))
             else:

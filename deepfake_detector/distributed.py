@@ -17,10 +17,19 @@ so the output is byte-identical to a single-process run at the same number of th
 GPUs talk over NCCL; the CPU (and the results gathered as Python objects, even between GPUs) over
 gloo. Rank 0 holds one result per image until the end (a float for predict, 512 for features),
 as a single-process evaluate or extraction does.
+
+Which images: rank 0 alone lists the inputs (a folder, a split's manifest) and sends the list to
+every rank (`listed_by_main`), with each file's size and modification time as it listed them: a
+folder that changes during the run cannot give two ranks two lists (an image's index would name
+another image on each). A file that changed or vanished after it was listed is not read as if it
+were the one listed: predict and evaluate skip it and name it with the unreadable files;
+extraction, whose features must cover every listed file, stops naming it (data.ImageDataset).
 """
 from __future__ import annotations
 
 import os
+import pickle
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -112,6 +121,88 @@ def decided_by_main(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def computed_by_main(function):
+    """function() run by rank 0 alone, its value returned on every rank; if it raises, every rank
+    raises its exception (so all stop with the same message). One process: function()."""
+    if not is_active():
+        return function()
+    box = [None]
+    if is_main():
+        try:
+            box = [(function(), None)]
+        except Exception as error:
+            box = [(None, shareable(error))]
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    value, error = box[0]
+    if error is not None:
+        raise error
+    return value
+
+
+def shareable(error: Exception) -> Exception:
+    """`error`, or a ValueError with its message when it does not survive pickling."""
+    try:
+        return pickle.loads(pickle.dumps(error))
+    except Exception:
+        return ValueError(str(error))
+
+
+def file_stamp(path) -> tuple[int, int] | None:
+    """(size in bytes, modification time in ns) of the file at `path`; None if it has none."""
+    try:
+        facts = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return facts.st_size, facts.st_mtime_ns
+
+
+def item_path(item) -> Path:
+    """The file of an input: a path, or the path of a (path, label) item."""
+    return Path(item[0] if isinstance(item, (tuple, list)) else item)
+
+
+class Listing(list):
+    """Inputs (paths, or (path, label) items) as they were listed, with `stamps`: each file's
+    file_stamp at that moment. A loader given a Listing (data.ImageDataset) reads a file only if
+    it is still the one listed."""
+
+    def __init__(self, items=(), stamps=None):
+        super().__init__(items)
+        self.stamps = list(stamps) if stamps is not None else \
+            [file_stamp(item_path(item)) for item in self]
+
+    def relabelled(self, function) -> "Listing":
+        """function(item) of each item, with the same stamps."""
+        return Listing(map(function, self), self.stamps)
+
+
+def listed_by_main(list_inputs) -> Listing:
+    """The inputs as rank 0 lists them (list_inputs(), called on rank 0 alone), with their stamps,
+    on every rank: every rank works from one list, whatever each would see in the folder now. An
+    error of the listing (a missing folder) is raised on every rank. One process: its own list."""
+    def listed() -> tuple[list, list]:
+        listing = Listing(list_inputs())
+        return list(listing), listing.stamps
+    items, stamps = computed_by_main(listed)
+    return Listing(items, stamps)
+
+
+def changed_since_listed(path, stamp: tuple[int, int] | None) -> str | None:
+    """Why the file at `path` is no longer the one listed with `stamp` (None: it is, or it was
+    listed without a stamp)."""
+    if stamp is None:
+        return None
+    now = file_stamp(path)
+    if now is None:
+        return "vanished after the inputs were listed"
+    if tuple(now) != tuple(stamp):
+        return ("changed after the inputs were listed (its size or modification time differs), "
+                "so it was not read; run again to include it")
+    return None
 
 
 def gather_to_main(local) -> list | None:

@@ -20,11 +20,15 @@ from torch import nn
 from . import CLASS_TO_IDX
 from .data import eval_transform
 from .determinism import deterministic
+from .discovery import NOT_UTF8
+from .files import is_utf8, printable
+from .folder_lock import locks_folders
 from .gradcam import OVERLAY_MAX_SIDE, grad_cam_with_logits
 from .gradcam_files import CamFiles, display_image, label_name
 from .images import ImageLoadError, decode_image
 from .inference import Numerics
 from .manifest import recording
+from .predictions import skipped_message
 from .preprocessing import Preprocessing
 
 
@@ -50,6 +54,7 @@ class ExplainOptions:
     deterministic_kernels: bool = False
 
 
+@locks_folders(lambda a: (a["out_dir"],))  # one writer per folder (folder_lock.py)
 def explain_images(model: nn.Module, image_paths: Sequence, out_dir, prep: Preprocessing,
                    labels: Sequence | None = None, target="predicted", batch_size: int = 16,
                    max_images: int | None = None, mask_paths: Sequence | None = None,
@@ -99,7 +104,7 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, prep: Prepr
             files.roll_back()  # whole batches only: a re-run carries on after the last one
             files.save(complete=False)
             raise
-        warn_about(several_frames, files.skipped, len(paths))
+        warn_about(several_frames, files.skipped, len(paths), out_dir / "summary.json")
         if not files.rows:
             files.save(complete=False)
             raise ValueError(f"None of the {len(paths)} images could be read; see the list above.")
@@ -166,6 +171,9 @@ def next_batch(paths, files: CamFiles, batch_size: int, transform, max_side: int
     batch, displays, tensors = [], [], []
     while files.n_done < len(paths) and len(batch) < batch_size:
         i, files.n_done = files.n_done, files.n_done + 1
+        if not is_utf8(Path(paths[i]).name):  # no index, table or caption could hold its name
+            files.skipped.append((printable(paths[i]), NOT_UTF8))
+            continue
         try:
             image, facts = decode_image(paths[i], target_size=target_size)
             if facts["frames"] > 1:
@@ -184,14 +192,17 @@ def next_batch(paths, files: CamFiles, batch_size: int, transform, max_side: int
     return batch, displays, tensors
 
 
-def warn_about(several_frames: list, skipped: list, n_images: int) -> None:
+def warn_about(several_frames: list, skipped: list, n_images: int, list_file=None) -> None:
+    """One warning per kind of note; the skipped files as predict lists them (a count per
+    reason, the first ten, and where the full list is: summary.json's "skipped")."""
     if several_frames:
         warnings.warn(f"{len(several_frames)} file(s) hold several frames (animation or "
                       "pages); only the first frame of each was explained:\n"
                       + "\n".join(f"  {note}" for note in several_frames), stacklevel=3)
     if skipped:
-        warnings.warn(f"{len(skipped)} of {n_images} image(s) could not be read and were "
-                      "skipped:\n" + "\n".join(f"  {p}: {why}" for p, why in skipped),
+        warnings.warn(skipped_message(f"{len(skipped)} of {n_images} image(s) could not be read "
+                                      "and were skipped", skipped,
+                                      f"{list_file} (\"skipped\")" if list_file else None),
                       stacklevel=3)
 
 
@@ -220,6 +231,7 @@ def labelled_images(paths: Iterable) -> tuple[list[Path], list]:
     return files, labels
 
 
+@locks_folders(lambda a: (a["out_dir"],))  # (refused before the run is loaded)
 def explain_run(run_dir, images: Sequence, out_dir, target: str = "predicted", masks_dir=None,
                 max_images: int | None = None, batch_size: int = 16, device: str = "auto",
                 numerics: Numerics = Numerics(precision="fp32")) -> dict:

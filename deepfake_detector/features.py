@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,6 +237,38 @@ def cache_file(model, items, prep: Preprocessing, cache_dir: str | Path,
     return Path(cache_dir) / f"features-{cache_key(model, items, prep, views)[:24]}.pt"
 
 
+class FeatureCacheWarning(UserWarning):
+    """A damaged feature-cache entry was moved aside and its features are extracted again."""
+
+
+def read_cache_entry(path: Path, leading_shape: tuple) -> torch.Tensor | None:
+    """The float32 features stored at `path` (a cache file of cached_features), or None when there
+    are none. A damaged entry (truncated, overwritten, of the wrong shape) is named in one warning
+    and moved aside to `<name>.damaged-<time>`, never deleted, so the features are extracted
+    again and every retry does not fail on it."""
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        features = stored["features"]
+        if not isinstance(features, torch.Tensor) or features.ndim != len(leading_shape) + 1 \
+                or tuple(features.shape[:-1]) != leading_shape:
+            raise ValueError(f"features of shape {tuple(getattr(features, 'shape', ()))}, not "
+                             f"{leading_shape} x N")
+        return features.float()
+    except (RuntimeError, EOFError, ValueError, KeyError, TypeError, IndexError,
+            pickle.UnpicklingError) as error:
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        if aside.exists():
+            aside = aside.with_name(f"{aside.name}-{os.getpid()}")
+        path.rename(aside)
+        reason = (str(error).strip().splitlines() or [""])[0][:160]
+        warnings.warn(f"feature cache entry {path} is damaged ({type(error).__name__}: {reason}): "
+                      f"moved aside to {aside.name}; extracting its features again.",
+                      FeatureCacheWarning, stacklevel=3)
+        return None
+
+
 def cached_features(model, items, prep: Preprocessing, cache_dir: str | Path | None = None,
                     views: Views = Views(), batch_size: int = 64, num_workers=None,
                     desc: str = "features", log=print,
@@ -248,15 +282,16 @@ def cached_features(model, items, prep: Preprocessing, cache_dir: str | Path | N
     other ranks None. `cache_path`: the cache file, when the caller has already computed it with
     cache_file (the key hashes every file's bytes: once is enough).
     """
-    path = None
+    path, stored = None, None
     if cache_dir is not None and distributed.is_main():  # under torchrun, the cache is rank 0's
         path = cache_path or cache_file(model, items, prep, cache_dir, views)
-    if distributed.decided_by_main(path is not None and path.exists()):
+        stored = read_cache_entry(path, (views.count, len(items)) if views.augmentation
+                                  else (len(items),))
+    if distributed.decided_by_main(stored is not None):
         if not distributed.is_main():
             return None
-        stored = torch.load(path, map_location="cpu", weights_only=True)
         log(f"{desc}: {len(items)} images from the feature cache ({path.name})")
-        return stored["features"].float()
+        return stored
     if views.augmentation and distributed.is_active():
         raise ValueError("Augmented views are drawn from one random stream, image after image, so "
                          "they cannot be split across torchrun's processes and stay the same: "

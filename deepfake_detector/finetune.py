@@ -40,10 +40,11 @@ from .report import write_report
 from .tables import write_table
 from .config import TrainConfig
 from .image_path import fit_on_images, logits_on_images
+from .folder_lock import holds_anything, locks_folders
 from .loop import Fitted, epoch_orders, feature_batches, fit, run_epoch, seed_everything
 from .manifest import mark_complete, read_run_manifest, recording
-from .run_dir import (CONFIG_JSON, METRICS_VAL_JSON, PROBE_JSON, TABLES_DIR, RunExistsError, RunLog,
-                      load_run, prepare_run_dir)
+from .run_dir import (METRICS_VAL_JSON, PROBE_JSON, TABLES_DIR, RunExistsError, RunLog, load_run,
+                      prepare_run_dir, read_run_config)
 from .split_read import list_split
 from .train import class_counts, conclude_run, positive_weight, random_init_banner
 
@@ -151,11 +152,7 @@ def layer3_bytes(model, img_size: int, n_images: int) -> int:
 
 def phase2_config(parent: Path, out: Path, **settings) -> FinetuneConfig:
     """The phase-1 config (same data, image size, seed, augmentation) with phase 2's settings."""
-    path = parent / CONFIG_JSON
-    if not path.is_file():
-        raise FileNotFoundError(f"No {CONFIG_JSON} in {parent}: is it a run directory made by "
-                                "`python -m deepfake_detector train`?")
-    recorded = json.loads(path.read_text())
+    recorded = read_run_config(parent)  # checked: a bad field is named, with the file
     recorded.setdefault("decode", "full")  # a run from before decode modes decoded in full
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     config = FinetuneConfig(**{k: v for k, v in recorded.items() if k in known})
@@ -178,6 +175,12 @@ class Phase2Recipe:
     cache_layer3: bool = True
 
 
+def phase2_folder(run_dir, out_dir=None) -> Path:
+    """Where phase 2 of `run_dir` goes: out_dir, by default run_dir + "-finetune-layer4"."""
+    return Path(out_dir) if out_dir else Path(run_dir).with_name(Path(run_dir).name + SUFFIX)
+
+
+@locks_folders(lambda a: (phase2_folder(a["run_dir"], a["out_dir"]),))  # one writer (folder_lock)
 def finetune_layer4(run_dir, out_dir=None, recipe: Phase2Recipe = Phase2Recipe(),
                     device: str = "auto", num_workers: int | None = None,
                     log_to_console: bool = True) -> Path:
@@ -187,10 +190,10 @@ def finetune_layer4(run_dir, out_dir=None, recipe: Phase2Recipe = Phase2Recipe()
     lr, head_lr, cache_layer3 = recipe.lr, recipe.head_lr, recipe.cache_layer3
     epochs, patience, batch_size = recipe.epochs, recipe.patience, recipe.batch_size
     parent = Path(run_dir)
-    out = Path(out_dir) if out_dir else parent.with_name(parent.name + SUFFIX)
+    out = phase2_folder(run_dir, out_dir)
     manifest = read_run_manifest(out) if out.is_dir() else None
     unfinished = manifest is not None and manifest.get("complete") is False
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not unfinished:
+    if out.exists() and (not out.is_dir() or holds_anything(out)) and not unfinished:
         raise RunExistsError(f"{out} already exists and is not empty; phase 2 never overwrites a "
                              "run. Choose another --out, or delete that folder yourself.")
     head_lr = HEAD_LR_FACTOR * lr if head_lr is None else head_lr
@@ -303,7 +306,7 @@ def phase_rows(phase1: Path, phase2: Path, phase1_parameters: int) -> list[dict]
     rows = []
     for phase, run in (("1: head, frozen backbone", phase1), ("2: layer4 + head", phase2)):
         metrics = json.loads((run / METRICS_VAL_JSON).read_text())
-        config = json.loads((run / CONFIG_JSON).read_text())
+        config = read_run_config(run)
         rows.append({
             "phase": phase, "run": run.name,
             "val accuracy": metrics["accuracy"],

@@ -5,6 +5,11 @@ Every decode (split's check, the audit, training, predict, evaluate, Grad-CAM) g
 
 Safety, before a byte of pixels is decoded:
 
+* Formats are allowed by name: PIL is asked to open JPEG, PNG, WebP, BMP, TIFF and GIF only
+  (`open_supported`, every PIL open in the project), so no other decoder ever runs. An EPS
+  file, whose PIL plugin would start Ghostscript, or a Photoshop PSD is refused by name
+  ("EPS images are not supported; supported: ...") from its first bytes, as PIL's own format
+  check reads them, before any plugin sees the file.
 * Only regular files are read. A symlink counts as the file it points to; a FIFO, a device
   (`/dev/zero`), a socket or a folder is refused by name, so nothing can hang or fill memory.
 * The pixel limit is `MAX_IMAGE_PIXELS` (178,956,970: PIL's own decompression-bomb limit),
@@ -56,8 +61,59 @@ TRANSPARENT_BACKGROUND = (255, 255, 255)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+# The formats the project decodes, as PIL names them, and as people do.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+SUPPORTED_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF"
+
+
 class ImageLoadError(OSError):
     """An image file that cannot be used; the message names the file and says why."""
+
+
+def open_supported(source) -> Image.Image:
+    """PIL's Image.open (header only, lazy) for the supported formats alone: no other format's
+    plugin is ever called. Raises ImageLoadError "EPS images are not supported; ..." for a file
+    of another format PIL knows (named from its first bytes, by PIL's format checks alone), and
+    PIL's UnidentifiedImageError for anything else."""
+    start = None if isinstance(source, (str, os.PathLike)) else source.tell()
+    try:
+        return Image.open(source, formats=SUPPORTED_FORMATS)
+    except Image.UnidentifiedImageError:
+        if start is not None:
+            source.seek(start)  # PIL leaves the file after the bytes it looked at
+        other = unsupported_format(source)
+        if other:
+            raise ImageLoadError(f"{other} images are not supported; supported: "
+                                 f"{SUPPORTED_NAMES}") from None
+        raise
+
+
+def unsupported_format(source) -> str | None:
+    """The name of the format PIL would take `source` (a path or a seekable binary file) for,
+    when that is not a supported one; None otherwise. Reads 16 bytes and asks each format's
+    prefix check (`accept`, a comparison of bytes), never its plugin."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                prefix = f.read(16)
+        else:
+            start = source.tell()
+            prefix = source.read(16)
+            source.seek(start)
+    except (OSError, ValueError, AttributeError):
+        return None
+    Image.init()  # every plugin registered, so every format PIL knows can be named
+    matches = []
+    for name in Image.ID:
+        accept = Image.OPEN[name][1]
+        try:
+            if accept is not None and accept(prefix):
+                matches.append(name)
+        except Exception:  # noqa: BLE001 - a prefix too short for that format's check
+            continue
+    if not matches or any(name in SUPPORTED_FORMATS for name in matches):
+        return None  # unknown, or a damaged file of a supported format: not an image, then
+    return matches[0]
 
 
 def regular_file_problem(path: str | os.PathLike) -> str | None:
@@ -121,13 +177,13 @@ def _decode(f, verify: bool, target_size: int | None = None) -> tuple[Image.Imag
             # This module applies its own limit below; PIL's warning zone (89-179 MP) is quiet.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if verify:
-                with Image.open(f) as image:
+                with open_supported(f) as image:
                     check_pixels(image.width, image.height)
                     image.verify()
                 f.seek(start)
             # Not `with Image.open`: closing would free the pixels, and a copy of a huge image
             # would double the memory. The file itself is closed by the caller.
-            image = Image.open(f)
+            image = open_supported(f)
             check_pixels(image.width, image.height)
             facts = {"format": image.format, "width": image.width, "height": image.height,
                      "mode": image.mode, "frames": getattr(image, "n_frames", 1)}
@@ -215,7 +271,7 @@ def frame_count(path: str | os.PathLike) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with open_supported(path) as image:
                 return int(getattr(image, "n_frames", 1))
     except Exception:  # noqa: BLE001 - a note only: the decode gives the real reason
         return 1

@@ -6,7 +6,11 @@ through in batches, so memory stays flat whether the folder holds a hundred imag
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import shutil
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,10 +24,12 @@ from .data import decoded_ahead, make_loader, normalize_batch, pixel_transform, 
 from .determinism import deterministic
 from .features import head_in_fp32, inference_pass, lagged
 from .images import warn_multi_frame
+from .ood import CapturedFeatures, assess_files
 from .manifest import recording
 from .preprocessing import Preprocessing, check_precision
 from .discovery import check_image, find_images
-from .run_dir import CONFIG_JSON, METRICS_TEST_JSON, load_run
+from .folder_lock import locks_folders
+from .run_dir import METRICS_TEST_JSON, load_run, read_run_config
 from .split_read import list_labelled_folder, list_split
 
 
@@ -56,8 +62,9 @@ class Numerics:
 
 def iter_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
                        num_workers: int | None = None, desc: str = "predict",
-                       failures: list | None = None):
-    """Yield (indices, P(fake)) a batch at a time, in the order of `items`.
+                       failures: list | None = None, with_features: bool = False):
+    """Yield (indices, P(fake)) a batch at a time, in the order of `items`; `with_features`:
+    (indices, P(fake), the backbone's (N, 512) features of the same pass), for the OOD score.
 
     Only a batch of images is ever in memory (plus what the loader's workers prefetch). Unreadable
     files raise; given a `failures` list, they are skipped and (index, reason) appended to it.
@@ -87,11 +94,13 @@ def iter_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
                 # fp32: the model's own forward (a notebook's model may define its own); mixed
                 # precision: the head in fp32, as in training (features.head_in_fp32)
                 logits = model(x).float() if prep.precision == "fp32" else head_in_fp32(model, x)
-                yield indices, torch.sigmoid(logits).squeeze(1)
+                yield (indices, torch.sigmoid(logits).squeeze(1),
+                       *([captured.pop().float()] if with_features else []))
 
-    with inference_pass(model, device, prep.precision):
-        on_cpu = ((indices.numpy(), output.cpu().numpy())
-                  for indices, output in lagged(batches(), device))
+    with inference_pass(model, device, prep.precision), \
+            CapturedFeatures(model, with_features) as captured:
+        on_cpu = ((indices.numpy(), *(output.cpu().numpy() for output in outputs))
+                  for indices, *outputs in lagged(batches(), device))
         yield from distributed.in_input_order(on_cpu, failures)
 
 
@@ -132,10 +141,22 @@ def list_images(paths) -> list[Path]:
     return files
 
 
-def warn_skipped(skipped: list[tuple[Path, str]], stacklevel: int = 3) -> None:
-    if skipped:
-        warnings.warn(f"{len(skipped)} file(s) could not be read and were skipped:\n"
-                      + "\n".join(f"  {p}: {why}" for p, why in skipped), stacklevel=stacklevel)
+def warn_skipped(skipped: list[tuple[Path, str]], stacklevel: int = 3, list_file=None,
+                 write_list: bool = True) -> None:
+    """One warning for the files that could not be read, however many: a count per reason, the
+    first SKIPPED_SHOWN names (predictions.skipped_message) and, when there are more, the full
+    list (path, reason) in `list_file`, written here unless the caller writes it (`write_list`);
+    default outputs/predict-skipped-<time>-<pid>.csv."""
+    from .predictions import (SKIPPED_SHOWN, default_skipped_list, skipped_message,
+                              write_skipped_list)
+    if not skipped:
+        return
+    if len(skipped) > SKIPPED_SHOWN:
+        list_file = list_file or default_skipped_list()
+        if write_list:
+            write_skipped_list(skipped, list_file)
+    warnings.warn(skipped_message(f"{len(skipped)} file(s) could not be read and were skipped",
+                                  skipped, list_file), stacklevel=stacklevel)
 
 
 def readable_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -163,43 +184,60 @@ def image_ids(paths: list[Path], roots: list[Path]) -> list[str]:
 
 
 def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
-                     num_workers: int | None = None, numerics: Numerics = Numerics()):
+                     num_workers: int | None = None, numerics: Numerics = Numerics(),
+                     skipped_list=None, ood_columns: bool = True):
     """Yield {"image_id", "prediction" (P(fake)), "predicted_label", "path"} for every readable
     image in `paths` (files or folders), in order, a batch at a time. predicted_label is the
-    verdict at the run's `decision_threshold` (the one chosen on val).
+    verdict at the run's `decision_threshold` (the one chosen on val). With `ood_columns`, also
+    how far each image is from the training data (ood.py), from the features of the same pass:
+    "ood_score", "ood_percentile" (among the run's validation images), "ood_flag" (beyond their
+    99th percentile), "size_flag" (native size far from the training images', from the header)
+    and "unlike_training" (either flag); all empty (None) for a run without OOD statistics.
 
     Each file is decoded once: checked and predicted in the same read. The unreadable are skipped
-    and listed in one warning at the end. Nothing but the list of file names grows with the number
-    of images, so a folder of any size streams through in bounded memory.
+    and listed in one warning at the end (more than ten: the full list in `skipped_list`, by
+    default outputs/predict-skipped-<time>-<pid>.csv). Nothing but the list of file names grows
+    with the number of images, so a folder of any size streams through in bounded memory.
     `numerics`: the precision (default the run's) and whether kernels are deterministic.
     """
     model, checkpoint = load_run(run_dir, device)
     prep = numerics.preprocessing(checkpoint)
-    files = list_images(paths)
+    # Listed once, by rank 0 under torchrun: every rank predicts the same files (distributed.py)
+    files = distributed.listed_by_main(lambda: list_images(paths))
     ids = image_ids(files, [Path(p) for p in paths])
     threshold = decision_threshold(checkpoint)
     failures, n_predicted = [], 0
     with deterministic(numerics.deterministic_kernels):
-        for indices, probabilities in iter_probabilities(
-                model, [(f, -1) for f in files], prep, batch_size, num_workers, failures=failures):
-            for i, p in zip(indices.tolist(), probabilities.tolist()):
+        for indices, probabilities, *features in iter_probabilities(
+                model, files.relabelled(lambda f: (f, -1)), prep, batch_size, num_workers,
+                failures=failures,
+                with_features=ood_columns):
+            trust = assess_files(checkpoint["ood"], features[0], [files[i] for i in indices]) \
+                if ood_columns else None
+            for k, (i, p) in enumerate(zip(indices.tolist(), probabilities.tolist())):
                 n_predicted += 1
                 yield {"image_id": ids[i], "prediction": p,
                        "predicted_label": "fake" if p >= threshold else "real",
-                       "path": str(files[i])}
+                       "path": str(files[i]), **(trust[k].row() if trust else {})}
     if not distributed.is_main():
         return  # under torchrun, this rank's share went to rank 0, which reports for everyone
-    warn_skipped([(files[i], why) for i, why in sorted(failures)])
+    warn_skipped([(files[i], why) for i, why in sorted(failures)], list_file=skipped_list)
     warn_multi_frame(files)
     if not n_predicted:
         raise ValueError(f"No readable images in {', '.join(map(str, paths))}.")
 
 
 def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: str = "auto",
-                  num_workers: int | None = None, numerics: Numerics = Numerics()) -> list[dict]:
+                  num_workers: int | None = None, numerics: Numerics = Numerics(),
+                  ood_columns: bool | None = None) -> list[dict]:
     """P(fake) for every image in `paths` (files or folders), as a list of rows; also written
-    as CSV or JSON when asked. For folders too large to hold the rows, use `predict_to_file`."""
-    rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers, numerics))
+    as CSV or JSON when asked. For folders too large to hold the rows, use `predict_to_file`.
+    `ood_columns`: as iter_predictions; by default in the rows and a CSV, not in a JSON file
+    (ood_columns_by_default)."""
+    from .predictions import skipped_list_beside
+    rows = list(iter_predictions(run_dir, paths, batch_size, device, num_workers, numerics,
+                                 skipped_list_beside(out_file) if out_file else None,
+                                 ood_columns_by_default(out_file, ood_columns)))
     if out_file and distributed.is_main():  # under torchrun, rank 0 alone has the rows
         from .predictions import write_predictions
         with recording(Path(out_file).parent):  # into a run's manifest, if it is in one
@@ -207,21 +245,35 @@ def predict_paths(run_dir, paths, out_file=None, batch_size: int = 64, device: s
     return rows
 
 
+def ood_columns_by_default(out_file, ood_columns: bool | None = None) -> bool:
+    """Whether predict's rows carry the OOD columns: as asked, else yes but in a .json file,
+    whose {image_id, prediction, ...} rows keep the keys they always had (--json-details adds
+    them)."""
+    if ood_columns is not None:
+        return bool(ood_columns)
+    return out_file is None or Path(out_file).suffix != ".json"
+
+
 def predict_to_file(run_dir, paths, out_file, batch_size: int = 64, device: str = "auto",
-                    num_workers: int | None = None, numerics: Numerics = Numerics()) -> int:
+                    num_workers: int | None = None, numerics: Numerics = Numerics(),
+                    ood_columns: bool | None = None) -> int:
     """Stream P(fake) for every image in `paths` into `out_file` (.csv or .json) as the batches
-    come; memory stays flat however many images there are. Returns the number of rows written."""
-    from .predictions import atomic_text_file, write_prediction_rows
+    come; memory stays flat however many images there are. Returns the number of rows written.
+    `ood_columns`: as predict_paths."""
+    ood_columns = ood_columns_by_default(out_file, ood_columns)
+    from .predictions import atomic_text_file, skipped_list_beside, write_prediction_rows
     if not distributed.is_main():  # under torchrun: run this rank's share; rank 0 writes the file
         return sum(1 for _ in iter_predictions(run_dir, paths, batch_size, device, num_workers,
-                                               numerics))
+                                               numerics, ood_columns=ood_columns))
     out_file = Path(out_file)
     with recording(out_file.parent), atomic_text_file(out_file) as f:  # recorded if in a run
         return write_prediction_rows(iter_predictions(run_dir, paths, batch_size, device,
-                                                      num_workers, numerics),
+                                                      num_workers, numerics,
+                                                      skipped_list_beside(out_file), ood_columns),
                                      f, out_file.suffix)
 
 
+@locks_folders(lambda a: (a["run_dir"], a["out_dir"]))  # one writer (folder_lock.py)
 def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size: int = 64,
                  device: str = "auto", num_workers=None, n_bootstrap: int = 1000,
                  log=print, numerics: Numerics = Numerics(deterministic_kernels=True)) -> dict:
@@ -234,13 +286,18 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     Under torchrun, rank 0 does this with every rank's predictions; the other ranks return None."""
     from .metrics import compute_metrics
     from .figures import plt
+    from .predictions import SKIPPED_SHOWN, write_skipped_list
     from .split_read import split_groups
     model, checkpoint = load_run(run_dir, device)
+    read_run_config(run_dir, required=False)  # a bad config.json named before the work, not after
     prep = numerics.preprocessing(checkpoint)
     data_dir = Path(data_dir)
     # A split folder (data/val) or any folder holding real/ and fake/ (another data set).
-    is_split = (data_dir / "split.csv").is_file() or (data_dir / split).is_dir()
-    items = list_split(data_dir, split) if is_split else list_labelled_folder(data_dir)
+    # Decided and listed by rank 0 alone under torchrun: every rank reads the same files.
+    is_split = distributed.computed_by_main(
+        lambda: (data_dir / "split.csv").is_file() or (data_dir / split).is_dir())
+    items = distributed.listed_by_main(
+        lambda: list_split(data_dir, split) if is_split else list_labelled_folder(data_dir))
     split = split if is_split else "all"
     with deterministic(numerics.deterministic_kernels):
         probabilities, failures = stream_probabilities(
@@ -248,8 +305,12 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
             skip_unreadable=True)
     if not distributed.is_main():
         return None  # under torchrun, this rank's share went to rank 0, which writes the results
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "eval" / f"{data_dir.name}-{split}"
+    skipped = [(items[i][0], why) for i, why in failures]
     if failures:  # listed in one warning, left out of the metrics; fail only when none is left
-        warn_skipped([(items[i][0], why) for i, why in failures])
+        # more than ten: the full list goes into the evaluation's folder, with the rest
+        warn_skipped(skipped, list_file=out / SKIPPED_CSV, write_list=False)
         readable = np.isfinite(probabilities)
         items = [item for item, ok in zip(items, readable) if ok]
         probabilities = probabilities[readable]
@@ -263,15 +324,45 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     metrics.update({"data": str(data_dir), "split": split, "run": str(run_dir),
                     "weights": checkpoint["weights"], "precision": prep.precision,
                     "deterministic": bool(numerics.deterministic_kernels)})
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / "eval" / f"{data_dir.name}-{split}"
     # Into the run's manifest (and that of another run, if out is in one): what this wrote.
-    with recording(run_dir), recording(out):
-        write_evaluation(run_dir, data_dir, out, out_dir, split, items, labels, probabilities,
-                         metrics)
+    # Written into a folder beside `out`, moved into place only once all of it is written.
+    with recording(run_dir), recording(out), staged_folder(out) as staging:
+        if len(skipped) > SKIPPED_SHOWN:
+            write_skipped_list(skipped, staging / SKIPPED_CSV)
+        write_evaluation(run_dir, data_dir, staging, out_dir, split, items, labels,
+                         probabilities, metrics)
     plt.close("all")
     log(f"metrics, predictions and figures written to {out}")
     return metrics
+
+
+SKIPPED_CSV = "skipped.csv"  # evaluate's full list of unreadable files, when over ten
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path):
+    """A new hidden folder beside `out` to write into. When the block succeeds its files move
+    into `out` (made if missing; other files already in `out` stay); when it fails or is
+    interrupted, nothing reaches `out`. The staging folder is removed either way."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder: choose another --out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir, not mkdtemp: the folder gets the usual permissions, as `out` would
+    staging = out.parent / f".{out.name[:100]}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+    staging.mkdir()
+    try:
+        yield staging
+        if not out.exists():
+            staging.rename(out)
+            return
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                target = out / path.relative_to(staging)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def write_evaluation(run_dir: Path, data_dir: Path, out: Path, out_dir, split: str, items,
@@ -285,7 +376,7 @@ def write_evaluation(run_dir: Path, data_dir: Path, out: Path, out_dir, split: s
     write_predictions(({"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
                        for (p, y), q in zip(items, probabilities)), out / "predictions.csv")
     save_evaluation_figures(labels, probabilities, metrics, out, title_prefix=split.capitalize())
-    trained_on = json.loads((run_dir / CONFIG_JSON).read_text()).get("data_dir")
+    trained_on = (read_run_config(run_dir, required=False) or {}).get("data_dir")
     own_test_split = split == "test" and trained_on and Path(trained_on).resolve() == data_dir.resolve()
     if own_test_split and out_dir is None:  # the held-out result belongs in the run's report
         (run_dir / METRICS_TEST_JSON).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .folder_lock import locks_folders
 from .head import StandardizedHead, feature_statistics
 from .preprocessing import Preprocessing
 
@@ -112,6 +113,7 @@ def plot_lr_find(result: LRFinderResult, title: str = "Learning-rate finder"):
     return figure
 
 
+@locks_folders(lambda a: (a["out_dir"],))  # one writer per folder (folder_lock.py)
 def lr_find_on_data(config: TrainConfig, out_dir, log=print) -> LRFinderResult:
     """`lr-find`: the range test on the train split of config.data_dir, as `train` with this
     config would start it (same weights and seed, same fresh head, same standardisation, same
@@ -124,12 +126,18 @@ def lr_find_on_data(config: TrainConfig, out_dir, log=print) -> LRFinderResult:
     from .figures import plt, save_figure
     from .model import build_model, pick_device
     from .split_read import list_split
-    from .files import write_json
+    from .files import check_output_folder, write_json
     from .run_dir import LR_FIND_JSON
 
     data_dir, weights, seed = config.data_dir, config.weights, config.seed
     batch_size, standardize, img_size = config.batch_size, config.standardize, config.img_size
+    # Everything that can fail checked before the sweep: the device, the preprocessing, the
+    # outputs (the folder of the results, the feature cache).
     device = pick_device(config.device)
+    prep = Preprocessing.from_config(config)
+    check_output_folder(out_dir, "--out")
+    if config.cache_dir:
+        check_output_folder(config.cache_dir, "--cache-dir")
     items = list_split(data_dir, "train")
     labels = torch.tensor([y for _, y in items])
     n_fake = int(labels.sum())
@@ -139,8 +147,7 @@ def lr_find_on_data(config: TrainConfig, out_dir, log=print) -> LRFinderResult:
     model.to(device)
     if not record["pretrained"]:
         log(f"RANDOM INIT backbone: {record['note']}")
-    features = cached_features(model, items, Preprocessing.from_config(config),
-                               config.cache_dir or None, Views(seed=seed),
+    features = cached_features(model, items, prep, config.cache_dir or None, Views(seed=seed),
                                num_workers=config.num_workers, desc="train features", log=log)
     head = StandardizedHead(model.fc, *feature_statistics(features)) if standardize else model.fc
     result = lr_find(head, features, labels, pos_weight=(len(labels) - n_fake) / n_fake,

@@ -22,7 +22,8 @@ import os
 import time
 from pathlib import Path
 
-from .files import sha256_of_file
+from .files import inside, sha256_of_file
+from .folder_lock import LOCK_FILE
 
 RUN_MANIFEST = "run_manifest.json"
 FORMAT = 1
@@ -46,6 +47,9 @@ def find_run_dir(path: str | os.PathLike) -> Path | None:
 
 
 def read_run_manifest(run_dir: str | os.PathLike) -> dict | None:
+    """The run's manifest, None if it has none or not one this project writes. Only its
+    well-formed entries are kept: a relative path inside run_dir (never `../x` or an absolute
+    path) with its bytes, time and SHA-256; a file behind any other entry is not ours."""
     path = Path(run_dir) / RUN_MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -53,7 +57,21 @@ def read_run_manifest(run_dir: str | os.PathLike) -> dict | None:
         return None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         return None
+    base, resolved = Path(run_dir).resolve(), {}
+    manifest["files"] = {name: entry for name, entry in manifest["files"].items()
+                         if _well_formed(base, name, entry, resolved)}
     return manifest
+
+
+def _well_formed(base: Path, name: str, entry, resolved: dict) -> bool:
+    """Whether one entry of a run manifest is a file inside the run, with its facts."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or any(
+            type(entry.get(key)) is not int for key in ("bytes", "mtime_ns")):
+        return False
+    try:
+        return inside(base, name, False, resolved).relative_to(base).as_posix() == name
+    except ValueError:
+        return False
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: dict) -> None:
@@ -107,7 +125,8 @@ def record_written(run_dir: str | os.PathLike, paths) -> None:
                     else paths):
         files = _files_under(path) if path.is_dir() else [path]
         for file in files:
-            if file.name == RUN_MANIFEST or run_dir not in file.parents or not file.is_file():
+            if file.name in (RUN_MANIFEST, LOCK_FILE) or run_dir not in file.parents \
+                    or not file.is_file():
                 continue
             manifest["files"][file.relative_to(run_dir).as_posix()] = _entry(file)
     write_manifest(run_dir, manifest)
@@ -151,7 +170,9 @@ def foreign_files(run_dir: str | os.PathLike, manifest: dict | None = None) -> l
     foreign = []
     for path in sorted(_files_under(run_dir)):
         relative = path.relative_to(run_dir).as_posix()
-        if path.name in OS_CLUTTER or relative == RUN_MANIFEST:
+        # (the lock file of a command writing the run, or left by one that was killed: never ours
+        # to list, never foreign: folder_lock.py)
+        if path.name in OS_CLUTTER or path.name == LOCK_FILE or relative == RUN_MANIFEST:
             continue
         entry = listed.get(relative)
         if entry is None or path.is_symlink() or not path.is_file():
@@ -190,7 +211,7 @@ def remove_run_dir(run_dir: str | os.PathLike) -> None:
             "them elsewhere, record them as part of the run (manifest.record_written), or choose "
             "another --out:", foreign))
     for path in _files_under(run_dir):
-        if path.name != RUN_MANIFEST:
+        if path.name not in (RUN_MANIFEST, LOCK_FILE):  # the lock of the command replacing it
             path.unlink()
     for root, dirs, _ in os.walk(run_dir, topdown=False):
         for name in dirs:

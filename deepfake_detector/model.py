@@ -166,12 +166,38 @@ def backbone_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """CUDA, then Apple's MPS, then the CPU, unless the user names one."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def device_choices() -> list[str]:
+    """What --device accepts on this machine: auto, cpu, and the GPUs it has."""
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return (["auto", "cpu"] + (["cuda"] if n_gpus else []) + [f"cuda:{i}" for i in range(n_gpus)]
+            + (["mps"] if mps_available() else []))
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """CUDA, then Apple's MPS, then the CPU, unless the user names one. A named device is checked
+    here, the one place, before anything runs or is written: a ValueError in one line naming
+    --device and this machine's choices, for a name torch does not know ("bogus", ""), a kind
+    this project does not run on, or a GPU this machine does not have ("cuda:7" on a CPU)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        resolved = None
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    usable = resolved is not None and (
+        resolved.type == "cpu"
+        or (resolved.type == "cuda" and n_gpus > (resolved.index or 0))
+        or (resolved.type == "mps" and mps_available() and resolved.index in (None, 0)))
+    if not usable:
+        raise ValueError(f"--device {device!r} is not a device of this machine; choose one of: "
+                         f"{', '.join(device_choices())}.")
+    return resolved

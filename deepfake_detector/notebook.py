@@ -7,6 +7,13 @@ Headless runs (`python -m deepfake_detector notebook`):
   changed. Each value given on the command line is read with `ast.literal_eval`, and taken as a
   plain string when it is not a Python literal: `-p WEIGHTS imagenet`, `-p WEIGHTS '"imagenet"'`,
   `-p EPOCHS 30` and `-p CROSS_DATASETS '["a", "b"]'` all do what they say.
+* Before anything runs, each `-p` is checked (`check_parameters`): its name must be one the
+  parameters cell assigns (a typo such as `EPOCH` is refused, listing the names), a Python name
+  and no keyword (`import`); its value no infinite or NaN number (`1e999`). `--timeout` must be
+  a positive number of seconds.
+* A failing cell ends the run with one line (`NotebookCellError`): the cell's index and id, its
+  first line, the error (type: message, colour codes stripped) and the path of the partial
+  notebook. A cell timeout and a dead kernel are told the same way.
 * The executed copy is written after every cell, so a failing cell, a cell timeout or a dead
   kernel leaves the partial notebook, with the error in it, beside the run's artefacts.
 * The kernel's working directory is `cwd` (CLI: `--cwd`; default: the project root). Relative
@@ -19,8 +26,13 @@ clear line that names the parameter allowing it (`REPLACE_SPLIT`, `REPLACE_RUN`)
 from __future__ import annotations
 
 import ast
+import difflib
 import json
+import keyword
+import math
+import numbers
 import os
+import re
 import time
 from pathlib import Path
 
@@ -28,6 +40,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from .folder_lock import holds_anything, locks_folders
 from .manifest import RUN_MANIFEST, record_written
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -54,8 +67,8 @@ def inject_parameters(notebook, parameters: dict) -> None:
     if index is None:
         raise ValueError("The notebook has no cell tagged 'parameters' to override.")
     for name in parameters:
-        if not str(name).isidentifier():
-            raise ValueError(f"Parameter name {name!r} is not a Python name.")
+        if not str(name).isidentifier() or keyword.iskeyword(str(name)):
+            raise ValueError(f"Parameter name {name!r} is not a Python name (or is a keyword).")
     lines = ["# Parameters injected by `python -m deepfake_detector notebook`"]
     lines += [f"{name} = {value!r}" for name, value in parameters.items()]
     cell = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": ["injected-parameters"]})
@@ -63,7 +76,120 @@ def inject_parameters(notebook, parameters: dict) -> None:
     notebook.cells.insert(index + 1, cell)
 
 
+def parameter_names(notebook) -> list[str]:
+    """The names the cell tagged `parameters` assigns at its top level, in order."""
+    cell = next((c for c in notebook.cells
+                 if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise ValueError("The notebook has no cell tagged 'parameters' to override.")
+    try:
+        body = ast.parse(cell.source).body
+    except SyntaxError:  # IPython magics in the cell: its lines `NAME = ...` then
+        return re.findall(r"(?m)^([A-Za-z_]\w*)\s*(?::[^=]*)?=(?!=)", cell.source)
+    targets = [t for node in body if isinstance(node, (ast.Assign, ast.AnnAssign))
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+    return list(dict.fromkeys(names))
+
+
+def non_finite(value):
+    """The first infinite or NaN number in `value` (a literal: numbers, containers), or None."""
+    if isinstance(value, complex):
+        return value if not (math.isfinite(value.real) and math.isfinite(value.imag)) else None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return None if math.isfinite(value) else value
+    items = list(value.items()) if isinstance(value, dict) else \
+        value if isinstance(value, (list, tuple, set, frozenset)) else []
+    for item in items:
+        found = non_finite(item)
+        if found is not None:
+            return found
+    return None
+
+
+def check_parameters(notebook, parameters: dict, where="the notebook") -> dict:
+    """{name: value} of the overrides (command-line text read by `parse_value`), or a ValueError
+    in one line for a name the parameters cell does not assign (it lists those), a name that is
+    no Python name or a keyword, or a value holding an infinite or NaN number. OUTPUT_DIR is
+    always accepted: execute_notebook sets it."""
+    known = parameter_names(notebook)
+    values = {}
+    for name, text in parameters.items():
+        name = str(name)
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise ValueError(f"-p {name}: {name!r} is not a parameter name (a Python name, not a "
+                             f"keyword); the parameters cell of {where} sets {', '.join(known)}.")
+        if name not in known and name != "OUTPUT_DIR":
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ValueError(f"-p {name}: the parameters cell of {where} sets no {name}; nothing "
+                             f"was run.{hint} Its parameters: {', '.join(known)}.")
+        value = parse_value(text)
+        bad = non_finite(value)
+        if bad is not None:
+            raise ValueError(f"-p {name} {text}: {bad!r} is not a finite number; give a finite "
+                             "value (e.g. 1e-3, 1e6).")
+        values[name] = value
+    return values
+
+
+def check_timeout(timeout) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"--timeout must be a positive number of seconds per cell; got "
+                         f"{timeout!r}.")
+
+
 # --- headless execution ---------------------------------------------------------------------
+
+class NotebookCellError(CellExecutionError, ValueError):
+    """A cell of a headless run failed: str() is one line (cell, first source line, error, and
+    the partial notebook's path); nbclient's whole traceback is the `__cause__`."""
+
+
+class NotebookCellTimeout(CellTimeoutError):
+    """A cell ran past the timeout; str() is one line, as NotebookCellError's."""
+
+
+class NotebookKernelDied(DeadKernelError, ValueError):
+    """The kernel died during a cell; str() is one line, as NotebookCellError's."""
+
+
+ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def one_line(text, limit: int = 300) -> str:
+    """`text` without terminal colour codes, its lines joined, cut at `limit` characters."""
+    text = " ".join(ANSI_CODES.sub("", str(text)).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def cell_failure(error: Exception, index: int, cell, executed: Path) -> Exception:
+    """The one-line error for `error`, raised by nbclient while it ran cell `index`."""
+    first = next((line for line in cell.get("source", "").splitlines() if line.strip()), "")
+    where = (f"notebook cell {index} (id {cell.get('id', '?')!r}: `{one_line(first, 80)}`)")
+    partial = f"The notebook as executed up to that cell: {executed}"
+    if isinstance(error, CellExecutionError):
+        ename, evalue = one_line(error.ename, 80), one_line(error.evalue)
+        message = f"{where} failed: {ename}: {evalue}. {partial}"
+        return NotebookCellError(message, ename, evalue)
+    if isinstance(error, CellTimeoutError):
+        return NotebookCellTimeout(f"{where} ran past --timeout. {partial}")
+    return NotebookKernelDied(f"{where}: the kernel died ({one_line(error, 120)}). {partial}")
+
+
+def run_cells(client, notebook, executed: Path, passes: int) -> None:
+    """Every cell, `passes` times, the executed copy saved after each; a failing cell raises
+    cell_failure's one-line error."""
+    for _ in range(passes):
+        for index, cell in enumerate(notebook.cells):
+            try:
+                client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+            except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
+                raise cell_failure(error, index, cell, executed) from error
+            finally:
+                _write(notebook, executed)
+
 
 def _write(notebook, path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
@@ -71,6 +197,7 @@ def _write(notebook, path: Path) -> None:
     partial.replace(path)  # never a half-written notebook, even if killed while writing
 
 
+@locks_folders(lambda a: (a["out_dir"],))  # one writer per folder (folder_lock.py)
 def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=None,
                      parameters: dict | None = None, timeout: int = 1800,
                      cwd: str | Path | None = None, rerun: bool = False) -> Path:
@@ -80,14 +207,15 @@ def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=
     kernel afterwards, as a user re-running cells would (the executed copy keeps the second run)."""
     notebook_path = Path(notebook_path)
     out_dir = Path(out_dir or f"outputs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and holds_anything(out_dir):  # (its lock aside)
         raise FileExistsError(f"{out_dir} already exists and is not empty; choose another --out.")
     cwd = Path(cwd or PROJECT_ROOT)
     if not cwd.is_dir():
         raise FileNotFoundError(f"Working directory {cwd} does not exist; pass an existing --cwd.")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_timeout(timeout)
     notebook = nbformat.read(notebook_path, as_version=4)
-    values = {name: parse_value(value) for name, value in (parameters or {}).items()}
+    values = check_parameters(notebook, parameters or {}, notebook_path)  # before anything is made
+    out_dir.mkdir(parents=True, exist_ok=True)
     inject_parameters(notebook, {"OUTPUT_DIR": str(out_dir.resolve()), **values})
     executed = out_dir / notebook_path.with_suffix(".executed.ipynb").name
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
@@ -100,18 +228,13 @@ def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=
         with client.setup_kernel(env=kernel_env):  # as NotebookClient.execute, saving per cell
             info = client.wait_for_reply(client.kc.kernel_info())
             notebook.metadata["language_info"] = info["content"]["language_info"]
-            for _ in range(passes):
-                for index, cell in enumerate(notebook.cells):
-                    try:
-                        client.execute_cell(cell, index,
-                                            execution_count=client.code_cells_executed + 1)
-                    finally:
-                        _write(notebook, executed)
+            run_cells(client, notebook, executed, passes)
             client.set_widgets_metadata()  # the widgets' last state, so viewers can draw them
             _write(notebook, executed)
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
         _write(notebook, executed)
-        print(f"{type(error).__name__}: the executed notebook up to that cell is {executed}")
+        if not isinstance(error, (NotebookCellError, NotebookCellTimeout, NotebookKernelDied)):
+            print(f"{type(error).__name__}: the executed notebook up to that cell is {executed}")
         raise
     return out_dir
 
@@ -155,7 +278,7 @@ def claim_for_notebook(folder, parameter: str, allowed: bool = False) -> bool:
     Empty or missing: nothing to replace (False). Made by the notebook (marked), or the user set
     `parameter` to True: replace it (True). Anything else: NotebookStop naming `parameter`."""
     folder = Path(folder)
-    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+    if not folder.exists() or (folder.is_dir() and not holds_anything(folder)):
         return False
     if made_by_notebook(folder) or allowed:
         return True

@@ -9,8 +9,12 @@ import csv
 import itertools
 import json
 import os
+import re
+import time
+from collections import Counter
 from pathlib import Path
 
+from .files import printable, temporary_path
 from .tables import table_columns, plain_value
 
 # ----------------------------------------------------------------------------- prediction files
@@ -28,11 +32,13 @@ def _clean_prediction_row(row: dict, columns: list[str]) -> dict:
     if extra:
         raise ValueError(f"prediction row {row!r} has keys {extra} that the rows before it lack; "
                          "every streamed row needs the keys of the first")
-    clean = {col: plain_value(row[col]) for col in columns if col in row}
+    # A file name that is not UTF-8 is written escaped (caf\xe9.png), as in every other output.
+    clean = {col: printable(value) if isinstance(value, str) else value
+             for col, value in ((col, plain_value(row[col])) for col in columns if col in row)}
     if not isinstance(clean["prediction"], (int, float)) or not 0 <= clean["prediction"] <= 1:
         raise ValueError(f"prediction must be P(fake) in [0, 1], got {clean['prediction']!r} "
                          f"for {clean['image_id']!r}")
-    clean["image_id"] = str(clean["image_id"])
+    clean["image_id"] = printable(str(clean["image_id"]))
     return clean
 
 
@@ -73,7 +79,7 @@ def atomic_text_file(path):
     when the block succeeds: the file appears complete or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = temporary_path(path, f"{os.getpid()}.tmp")
     try:
         with open(temporary, "w", newline="", encoding="utf-8") as f:
             yield f
@@ -124,3 +130,53 @@ def read_predictions(path) -> list[dict]:
             return [{col: _parse_csv_cell(col, text) for col, text in row.items()}
                     for row in csv.DictReader(f)]
     raise ValueError(f"predictions come from .json or .csv, not {path.suffix!r}")
+
+
+# ----------------------------------------------------------------------------- skipped files
+
+SKIPPED_SHOWN = 10  # names one warning shows; the full list goes to a file
+
+
+def reason_kind(reason: str) -> str:
+    """What a skip reason says, without the details of one file, for counting: its first clause,
+    numbers as N ("empty file", "not an image", "cannot be decoded", "EPS images are not
+    supported", "N pixels")."""
+    first = re.split(r" \(|; |: |, ", str(reason), maxsplit=1)[0].strip()
+    return re.sub(r"\d[\d,]*", "N", first) or str(reason)
+
+
+def skipped_message(headline: str, skipped, list_file=None) -> str:
+    """One warning for any number of skipped files: the headline, the count per kind of reason,
+    the first SKIPPED_SHOWN as "path: reason", and, when there are more, where the full list is
+    (`list_file`)."""
+    skipped = list(skipped)
+    kinds = Counter(reason_kind(why) for _, why in skipped)
+    lines = [f"{headline}; by reason: "
+             + ", ".join(f"{kind} ({n})" for kind, n in kinds.most_common())]
+    lines += [f"  {printable(path)}: {printable(why)}" for path, why in skipped[:SKIPPED_SHOWN]]
+    if len(skipped) > SKIPPED_SHOWN:
+        where = f": the full list is in {list_file}" if list_file else ""
+        lines.append(f"  ... and {len(skipped) - SKIPPED_SHOWN} more{where}")
+    return "\n".join(lines)
+
+
+def default_skipped_list(command: str = "predict") -> Path:
+    """Where the full list of skipped files goes when the results went to the screen:
+    outputs/<command>-skipped-<time>-<pid>.csv, under the working directory."""
+    return Path("outputs") / f"{command}-skipped-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.csv"
+
+
+def skipped_list_beside(out_file) -> Path:
+    """The full list of skipped files of a predictions file: preds.csv -> preds.skipped.csv."""
+    out_file = Path(out_file)
+    return out_file.with_name(f"{out_file.stem}.skipped.csv")
+
+
+def write_skipped_list(skipped, path) -> Path:
+    """Every skipped file as CSV (path, reason), written atomically."""
+    path = Path(path)
+    with atomic_text_file(path) as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows((printable(p), printable(why)) for p, why in skipped)
+    return path

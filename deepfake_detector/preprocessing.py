@@ -17,11 +17,23 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from .config import DECODE_MODES, PRECISIONS, RESIZE_MODES
+from .config import DECODE_MODES, IMG_SIZE_WHY, MAX_IMG_SIZE, PRECISIONS, RESIZE_MODES
 
 # The statistics ImageNet-pretrained backbones were trained with; inputs must match them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_img_size(img_size) -> int:
+    """`img_size` as given, or a ValueError in one line: a whole number from 1 to MAX_IMG_SIZE
+    (4096: a larger side costs gigabytes of activations per image, config.IMG_SIZE_WHY)."""
+    if not isinstance(img_size, numbers.Integral) or isinstance(img_size, bool) or img_size < 1:
+        raise ValueError(f"img_size must be a whole number from 1 to {MAX_IMG_SIZE}; "
+                         f"got {img_size!r}.")
+    if img_size > MAX_IMG_SIZE:
+        raise ValueError(f"img_size must be at most {MAX_IMG_SIZE}; got {img_size!r}: "
+                         f"{IMG_SIZE_WHY}.")
+    return img_size
 
 
 def check_decode(decode: str) -> str:
@@ -80,9 +92,7 @@ class Preprocessing:
     precision: str = "fp32"
 
     def __post_init__(self):
-        if not isinstance(self.img_size, numbers.Integral) or isinstance(self.img_size, bool) \
-                or self.img_size < 1:
-            raise ValueError(f"img_size must be a whole number >= 1; got {self.img_size!r}.")
+        check_img_size(self.img_size)
         # lists (a checkpoint's, config.json's) become tuples: hashable, and equal to the defaults
         object.__setattr__(self, "mean", check_channel_stats("mean", self.mean))
         object.__setattr__(self, "std", check_channel_stats("std", self.std))

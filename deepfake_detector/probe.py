@@ -19,6 +19,7 @@ a fold. The fitted probe is folded back into raw-feature space (`as_linear`): on
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -223,8 +224,17 @@ def head_vs_probe(head_auc: float | None, probe_auc: float | None) -> dict:
     if head_auc is None or probe_auc is None:
         return {"auc_ratio": None, "auc_gap": None, "reached_probe": None,
                 "verdict": "AUC undefined (one class only): no comparison."}
-    ratio = head_auc / probe_auc if probe_auc > 0 else None
-    reached = ratio is not None and ratio >= HEAD_TO_PROBE_AUC_TARGET
+    if not (math.isfinite(head_auc) and math.isfinite(probe_auc)) or probe_auc <= 0:
+        # A ratio to a probe AUC of 0 (every fake ranked below every real: on a val split of one
+        # image per class, a coin toss) has no meaning, and no value to divide by.
+        gap = probe_auc - head_auc if math.isfinite(head_auc - probe_auc) else None
+        return {"auc_ratio": None, "auc_gap": gap, "reached_probe": None,
+                "target_ratio": HEAD_TO_PROBE_AUC_TARGET,
+                "verdict": f"The probe's val ROC-AUC is {probe_auc:g} (the head's {head_auc:g}): "
+                           "no ratio to it, and no verdict on the head. The val split is "
+                           "probably too small to rank images reliably: give it more images."}
+    ratio = head_auc / probe_auc
+    reached = ratio >= HEAD_TO_PROBE_AUC_TARGET
     if reached:
         verdict = (f"The head reaches {ratio:.3f} of the probe's val ROC-AUC: it is as good as a "
                    "linear classifier on these features gets. To do better, change the features "

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from . import CLASS_NAMES
 from .manifest import recording
-from .run_dir import (CONFIG_JSON, CROSS_DATASET_JSON, DATA_COUNTS_JSON, HISTORY_JSON,
-                      METRICS_TEST_JSON, METRICS_VAL_JSON, PROBE_JSON, REPORT_MD, ROBUSTNESS_JSON)
+from .run_dir import (CROSS_DATASET_JSON, DATA_COUNTS_JSON, HISTORY_JSON, METRICS_TEST_JSON,
+                      METRICS_VAL_JSON, PROBE_JSON, REPORT_MD, ROBUSTNESS_JSON, RunFileError,
+                      read_run_config)
 from .plots import (EVALUATION_FIGURES, LEARNING_CURVES_FIGURE, epoch_of,
                                      best_epoch_by_val_loss)
 from .tables import markdown_table, metrics_table_rows
@@ -199,7 +200,10 @@ def write_report(run_dir) -> Path:
     docstring); each section appears only when its files exist. A random-init backbone
     (weights record with pretrained false) opens the report with RANDOM_INIT_WARNING."""
     run_dir = Path(run_dir)
-    config = load_json(run_dir / CONFIG_JSON)
+    try:
+        config = read_run_config(run_dir, required=False)
+    except RunFileError as error:  # the report shows what it can, and says what is wrong
+        config = {"unreadable": str(error)}
     metrics = {"test": load_json(run_dir / METRICS_TEST_JSON),
                "val": load_json(run_dir / METRICS_VAL_JSON)}
     lines = _report_warning(config)

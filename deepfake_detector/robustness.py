@@ -38,9 +38,10 @@ from .figures import paper_style, plt, save_figure
 from .inference import evaluate_run
 from .images import regular_file_problem
 from .files import sha256_of_file
+from .folder_lock import locks_folders
 from .preprocessing import Preprocessing
 from .manifest import recording
-from .run_dir import CONFIG_JSON, CROSS_DATASET_JSON, load_run
+from .run_dir import CROSS_DATASET_JSON, load_run, read_run_config
 from .split_read import list_labelled_folder, list_split, read_split_manifest
 
 # ----------------------------------------------------------------------------- perturbations
@@ -56,7 +57,7 @@ def jpeg_bytes(image: Image.Image, quality: int) -> bytes:
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:
     """Re-encode in memory and decode again: the compression artefacts are what remains."""
-    with Image.open(io.BytesIO(jpeg_bytes(image, quality))) as decoded:
+    with Image.open(io.BytesIO(jpeg_bytes(image, quality)), formats=("JPEG",)) as decoded:
         return decoded.convert("RGB")
 
 
@@ -143,6 +144,7 @@ def robustness_row(name: str, labels, probabilities, checkpoint: dict, n_bootstr
             "balanced_accuracy": metrics["balanced_accuracy"], "ece": metrics["ece"]}
 
 
+@locks_folders(lambda a: (a["run_dir"],))  # one writer per run (folder_lock.py)
 def robustness_table(run_dir, data_dir, split: str = "val", perturbations: dict | None = None,
                      n_bootstrap: int = 200, batch_size: int = 64, device: str = "auto",
                      num_workers: int | None = None, log=print) -> list[dict]:
@@ -224,8 +226,7 @@ def file_hashes(paths) -> set[str]:
 def seen_in_training(run_dir: Path, items) -> tuple[str | None, int | None]:
     """(the run's training data folder, how many of `items` are byte-identical to one of its
     training images); the count is None when the training data are gone and cannot be checked."""
-    config_path = run_dir / CONFIG_JSON
-    train_dir = json.loads(config_path.read_text()).get("data_dir") if config_path.is_file() else None
+    train_dir = (read_run_config(run_dir, required=False) or {}).get("data_dir")
     if not train_dir:
         return None, None
     try:
@@ -238,6 +239,7 @@ def seen_in_training(run_dir: Path, items) -> tuple[str | None, int | None]:
     return train_dir, len(file_hashes(path for path, _ in items) & seen)
 
 
+@locks_folders(lambda a: (a["run_dir"],))  # one writer per run (folder_lock.py)
 def cross_dataset_row(run_dir, data_dir, name: str | None = None, split: str | None = None,
                       train_name: str | None = None, batch_size: int = 64, device: str = "auto",
                       num_workers: int | None = None, n_bootstrap: int = 1000, log=print) -> dict:

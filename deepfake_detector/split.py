@@ -31,13 +31,14 @@ from pathlib import Path
 from . import CLASS_NAMES, __version__
 from .discovery import find_class_folders, images_of_class, inspect_candidates
 from .files import write_json
+from .folder_lock import folder_lock
 from .grouping import is_group_csv, normalize_group_by, read_group_csv
 from .split_errors import SplitError, SplitExistsError, SplitWarning, list_message, warn_notes
-from .split_files import (LINK_MODES, exists_message, holds_a_split, place_files, raw_changes,
-                          raw_fingerprint, read_previous_split, refuse_other_settings,
-                          remove_previous_split, write_manifest)
+from .split_files import (LINK_MODES, PENDING_JSON, exists_message, holds_a_split, is_pending,
+                          locate, place_files, raw_changes, raw_fingerprint, read_previous_split,
+                          refuse_other_settings, remove_previous_split, split_rows, write_manifest)
 from .split_plan import check_enough_images, plan_split
-from .split_read import MANIFEST_CSV, SETTINGS_JSON, SPLITS, read_split_manifest
+from .split_read import MANIFEST_CSV, PENDING_CSV, SETTINGS_JSON, SPLITS
 __all__ = ["SplitError", "SplitExistsError", "SplitWarning", "SplitSummary", "split_dataset"]
 
 
@@ -93,19 +94,22 @@ def split_dataset(raw_dir, out_dir, val_fraction: float = 0.2, test_fraction: fl
     group_by = normalize_group_by(group_by)
     class_folders = find_class_folders(raw_dir)
     _refuse_dangerous_layout(raw_dir, out_dir)
-    candidates = {label: images_of_class(folder, raw_dir) for label, folder in class_folders.items()}
-    settings = _split_settings(raw_dir, val_fraction, test_fraction, seed, group_by, link_mode)
-    fingerprint = raw_fingerprint(raw_dir, candidates)
+    # One writer: a second split into out_dir refuses at once while this one runs (folder_lock.py).
+    with folder_lock(out_dir):
+        candidates = {label: images_of_class(folder, raw_dir)
+                      for label, folder in class_folders.items()}
+        settings = _split_settings(raw_dir, val_fraction, test_fraction, seed, group_by, link_mode)
+        fingerprint = raw_fingerprint(raw_dir, candidates)
 
-    previous = read_previous_split(out_dir, replace)
-    if previous is not None and not replace:
-        refuse_other_settings(out_dir, previous["settings"], settings)
-        if previous.get("raw_fingerprint") == fingerprint:  # same names, sizes and times
-            return _keep_previous_split(raw_dir, out_dir, previous)
-    plan = _inspect_and_plan(raw_dir, class_folders, candidates, settings)
-    if previous is not None and not replace:
-        return _keep_touched_split(raw_dir, out_dir, previous, plan, fingerprint)
-    return _write_split(raw_dir, out_dir, plan, settings, fingerprint, replace)
+        previous = read_previous_split(out_dir, replace)
+        if previous is not None and not replace:
+            refuse_other_settings(out_dir, previous["settings"], settings)
+            if previous.get("raw_fingerprint") == fingerprint:  # same names, sizes and times
+                return _keep_previous_split(raw_dir, out_dir, previous)
+        plan = _inspect_and_plan(raw_dir, class_folders, candidates, settings)
+        if previous is not None and not replace:
+            return _keep_touched_split(raw_dir, out_dir, previous, plan, fingerprint)
+        return _write_split(raw_dir, out_dir, plan, settings, fingerprint, replace)
 
 
 def _split_settings(raw_dir: Path, val_fraction, test_fraction, seed, group_by,
@@ -131,15 +135,22 @@ def _inspect_and_plan(raw_dir: Path, class_folders: dict[str, Path],
 
 
 def _keep_previous_split(raw_dir: Path, out_dir: Path, previous: dict) -> SplitSummary:
-    """Same settings, same raw files: touch nothing, except to restore split files deleted by hand."""
-    rows = read_split_manifest(out_dir)
-    missing = [row for row in rows if not (out_dir / row["path"]).is_file()]
+    """Same settings, same raw files: touch nothing, except to restore split files deleted by
+    hand, and to complete an interrupted split (its manifest written last, once all is there).
+    Every row is checked first: places inside out_dir, raw files inside raw_dir, and each file
+    copied is checked against its SHA-256 before it is put in place."""
+    pending = is_pending(out_dir)
+    rows = split_rows(out_dir)
+    located = locate(raw_dir, out_dir, rows, out_dir / (PENDING_CSV if pending else MANIFEST_CSV))
+    missing = [entry for entry in located if not entry[2].is_file()]
     notes = list(previous.get("warnings", []))
     if missing:
-        notes += place_files(raw_dir, out_dir, missing, previous["settings"]["link_mode"])
+        notes += place_files(missing, previous["settings"]["link_mode"])
         notes.append(list_message(f"Restored {len(missing)} split files that were missing from "
                                   f"{out_dir} (deleted by hand, or a run was interrupted):",
-                                  [row["path"] for row in missing]))
+                                  [row["path"] for row, *_ in missing]))
+    if pending:
+        write_manifest(out_dir, rows, previous)
     warn_notes(notes, stacklevel=4)
     excluded = [(e["source"], e["reason"]) for e in previous.get("excluded", [])]
     return SplitSummary("unchanged", previous["counts"], excluded, out_dir / MANIFEST_CSV,
@@ -150,18 +161,18 @@ def _keep_touched_split(raw_dir: Path, out_dir: Path, previous: dict, plan: dict
                         fingerprint: str) -> SplitSummary:
     """Same settings, raw files touched since (times or sizes moved): "unchanged" when they hold
     the same images, which the fingerprint then remembers; other raw files: SplitExistsError."""
-    changes = raw_changes(previous, read_split_manifest(out_dir), plan)
+    changes = raw_changes(previous, split_rows(out_dir), plan)
     if changes:
         raise SplitExistsError(exists_message(out_dir, "from other raw files", changes))
     previous["raw_fingerprint"] = fingerprint  # the same bytes, only touched: remember that
-    write_json(out_dir / SETTINGS_JSON, previous)
+    write_json(out_dir / (PENDING_JSON if is_pending(out_dir) else SETTINGS_JSON), previous)
     return _keep_previous_split(raw_dir, out_dir, previous)
 
 
 def _write_split(raw_dir: Path, out_dir: Path, plan: dict, settings: dict, fingerprint: str,
                  replace: bool) -> SplitSummary:
     """A new split ("created"), or one over a previous split ("replaced": only what
-    split_dataset wrote is deleted): the manifest, then the files."""
+    split_dataset wrote is deleted): the files, then the manifest."""
     status, notes = "created", plan["notes"]
     if replace and holds_a_split(out_dir):
         status, notes = "replaced", remove_previous_split(out_dir) + notes
@@ -171,13 +182,15 @@ def _write_split(raw_dir: Path, out_dir: Path, plan: dict, settings: dict, finge
               "n_images": len(plan["rows"]), "n_groups": plan["n_groups"],
               "excluded": [{"source": s, "reason": r} for s, r in plan["excluded"]],
               "warnings": notes, "raw_fingerprint": fingerprint}
-    # The manifest goes first: if copying is interrupted, a re-run sees the same settings and
-    # completes the split instead of refusing a folder it cannot account for.
-    write_manifest(out_dir, plan["rows"], record)
-    link_notes = place_files(raw_dir, out_dir, plan["rows"], link_mode=settings["link_mode"])
+    located = locate(raw_dir, out_dir, plan["rows"], out_dir / PENDING_CSV)
+    # The plan goes first under pending names: if copying is interrupted, a re-run sees the same
+    # settings and completes the split instead of refusing a folder it cannot account for. The
+    # manifest (split.csv, split.json) goes last: it never lists files that are not there.
+    write_manifest(out_dir, plan["rows"], record, pending=True)
+    link_notes = place_files(located, link_mode=settings["link_mode"])
     if link_notes:
         record["warnings"] = notes = notes + link_notes
-        write_json(out_dir / SETTINGS_JSON, record)
+    write_manifest(out_dir, plan["rows"], record)
     warn_notes(notes)
     return SplitSummary(status, counts, plan["excluded"], out_dir / MANIFEST_CSV,
                         plan["n_groups"], notes)

@@ -7,13 +7,12 @@ records come in; images that belong together (byte-identical copies, the user's 
 one split."""
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 from collections import Counter
 from pathlib import Path
 
 from . import CLASS_NAMES, CLASS_TO_IDX
+from .files import fitting_name, hashed_name
 from .grouping import group_records, user_group_keys
 from .split_errors import SplitError, list_message
 from .split_read import MANIFEST_COLUMNS, SPLITS
@@ -140,14 +139,14 @@ def _assign_splits(records: list[dict], groups: list[list[int]], settings: dict,
 
 def _destination_names(records: list[dict]) -> list[str]:
     """'vid 1/0001.jpg' -> 'vid 1__0001.jpg': flat, unique within a class, still readable. In the
-    rare case two paths flatten alike ('a/b.jpg' and 'a__b.jpg'), both get a hash of their path."""
-    flat = [r["in_class"].replace("/", "__") for r in records]
+    rare case two paths flatten alike ('a/b.jpg' and 'a__b.jpg'), both get a hash of their path;
+    so does a name too long for a file name (a deep folder flattened), cut to fit."""
+    flat = [fitting_name(r["in_class"].replace("/", "__"), r["in_class"]) for r in records]
     # Lower case: on macOS and Windows 'A.jpg' and 'a.jpg' are one file.
     taken = Counter((r["label"], name.lower()) for r, name in zip(records, flat))
     for i, (record, name) in enumerate(zip(records, flat)):
         if taken[(record["label"], name.lower())] > 1:
-            stem, suffix = os.path.splitext(name)
-            flat[i] = f"{stem}~{hashlib.sha256(record['in_class'].encode()).hexdigest()[:8]}{suffix}"
+            flat[i] = hashed_name(record["in_class"].replace("/", "__"), record["in_class"])
     return flat
 
 

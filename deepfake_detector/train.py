@@ -23,7 +23,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,28 +31,28 @@ from torch import nn
 
 from . import CLASS_TO_IDX, distributed
 from .audit import AuditWarning, audit_split
-from .config import TrainConfig
+from .config import MAX_SEED, TrainConfig
 from .determinism import deterministic
 from .features import Views, cache_file, cached_features
-from .figures import plt, save_figure, save_figures
-from .files import write_json
+from .figures import plt, save_figure
+from .files import check_output_folder, write_json
 from .head import StandardizedHead, feature_statistics
 from .image_path import fit_on_images, logits_on_images
 from .loop import (Fitted, NotConvergedWarning, convergence, epoch_orders, feature_batches, fit,
                    one_cpu_thread, resolved_epochs, seed_everything)
+from .folder_lock import folder_lock
 from .lr_find import lr_find, plot_lr_find
 from .manifest import mark_complete, recording
 from .metrics import choose_threshold, compute_metrics
 from .model import build_model, pick_device
-from .plots import evaluation_drawings, plot_history
-from .predictions import write_predictions
+from .ood import fit_for_run
 from .preprocessing import Preprocessing
-from .probe import comparison_rows, fit_probe, head_vs_probe, probe_summary
-from .report import write_report
-from .run_dir import (AUDIT_DIR, FIGURES_DIR, LR_FIND_JSON, METRICS_VAL_JSON, PREDICTIONS_VAL_CSV,
-                      PROBE_JSON, TABLES_DIR, RunLog, prepare_run_dir, save_run)
+from .probe import fit_probe, head_vs_probe, probe_summary
+from .run_dir import (AUDIT_DIR, FIGURES_DIR, LR_FIND_JSON, OOD_STATS, PROBE_JSON, RunLog,
+                      prepare_run_dir, run_dir_path, save_run)
 from .split_read import MANIFEST_CSV, drop_unreadable, list_split, split_groups
-from .tables import metrics_table_rows, write_table
+from .terminal import rounded, upscale_note
+from .validation_files import finish_run
 
 
 @dataclass(eq=False)
@@ -180,7 +179,12 @@ def check_config(config: TrainConfig) -> None:
     if config.num_workers is not None:
         whole("num_workers", 0)
     Preprocessing.from_config(config)  # size, decode, resize and precision, checked as one
+    if config.cache_dir:  # before the work: extraction would fail only when storing its result
+        check_output_folder(config.cache_dir, "--cache-dir")
     whole("lr_plateau_patience", 0)
+    if isinstance(config.seed, bool) or not isinstance(config.seed, numbers.Integral) \
+            or not 0 <= config.seed <= MAX_SEED:  # numpy's seeds are 32 bits
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}; got {config.seed!r}.")
     if not (isinstance(config.lr_plateau_factor, numbers.Real)
             and 0 < config.lr_plateau_factor < 1):
         raise ValueError("lr_plateau_factor must be a number between 0 and 1 (exclusive); got "
@@ -223,12 +227,14 @@ def train(config: TrainConfig, log_to_console: bool = True, model: nn.Module | N
     val_items = usable_split(config.data_dir, "val")
     counts = class_counts(config.data_dir, train_items, val_items)
 
-    run_dir = prepare_run_dir(config.out_dir, config.overwrite)
-    config.out_dir = str(run_dir)
-    with recording(run_dir), deterministic(config.deterministic):
-        trained = train_into(run_dir, config, model, weights_record, train_items, val_items,
-                             counts, generator, device, log_to_console)
-    mark_complete(run_dir)
+    run_dir = run_dir_path(config.out_dir)
+    with folder_lock(run_dir):  # one writer: a second train into this folder refuses at once
+        run_dir = prepare_run_dir(run_dir, config.overwrite)
+        config.out_dir = str(run_dir)
+        with recording(run_dir), deterministic(config.deterministic):
+            trained = train_into(run_dir, config, model, weights_record, train_items, val_items,
+                                 counts, generator, device, log_to_console)
+        mark_complete(run_dir)
     return trained
 
 
@@ -266,6 +272,8 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
     log = RunLog(run_dir, echo=log_to_console)
     audit_data(config, run_dir, log)
     introduce_run(model, weights_record, counts, device, log)
+    if note := upscale_note([path for path, _ in train_items], config.img_size):
+        log(note)  # once: 32 px images at 224 cost more and show nothing more
     data = RunData(train_items, val_items, counts,
                    epoch_orders(len(train_items), resolved_epochs(config), generator))
     run = RunContext(run_dir, config, model, device, log, generator,
@@ -282,6 +290,8 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
         history, best_epoch = fit_whole_network(run, data, head)
     fitted = finish_fitting(run, head, history, best_epoch, start)
     val_probabilities = validation_probabilities(run, data)
+    fit_for_run(run_dir / OOD_STATS, data.train_plain, data.train_labels, data.val_plain,
+                [path for path, _ in train_items], log)  # how far an image is (ood.py)
     probe = run_probe(run, data) if config.probe else None
     metrics = conclude_run(run_dir, model, config, weights_record, counts, fitted, val_items,
                            val_probabilities, log, probe)
@@ -462,8 +472,8 @@ def run_probe(run: RunContext, data: RunData) -> dict:
     val = record["metrics"]["val"]
     run.log(f"linear probe (logistic regression, C {probe.C:g} by {probe.cv['folds']}-fold CV on "
             f"train{', group folds' if groups is not None else ''}, {probe.fit_seconds:.1f} s): "
-            f"val ROC-AUC {val['roc_auc']}, accuracy {val['accuracy']:.4f}, log loss "
-            f"{val['log_loss']}")
+            f"val ROC-AUC {rounded(val['roc_auc'])}, accuracy {val['accuracy']:.3f}, log loss "
+            f"{rounded(val['log_loss'])}")
     return record
 
 
@@ -490,7 +500,10 @@ def extract_split_features(config: TrainConfig, splits, log=print) -> dict[str, 
     (the same model, images and options, so the same cache keys). Returns {split: cache file}.
 
     Under torchrun every rank extracts its share of each split and rank 0 writes the cache; the
-    other ranks get {split: None}. A run started afterwards finds the features there."""
+    other ranks get {split: None}. A run started afterwards finds the features there. Rank 0
+    alone decides the splits and lists their images, for every rank (distributed.listed_by_main):
+    an image that changes meanwhile stops the extraction, naming it, rather than cache features of
+    other bytes under its key."""
     if not config.cache_dir:
         raise ValueError("extract fills the feature cache, so it needs a cache folder: give "
                          "--cache-dir (default outputs/cache), not an empty one.")
@@ -501,10 +514,11 @@ def extract_split_features(config: TrainConfig, splits, log=print) -> dict[str, 
     model.eval().to(device)
     options = feature_options(config, log)
     files = {}
-    for split in splits:
+    for split in distributed.computed_by_main(lambda: list(splits)):
         # The items exactly as train lists them (the probe's test split is read as listed).
-        items = list_split(config.data_dir, split) if split == "test" \
-            else usable_split(config.data_dir, split)
+        items = distributed.listed_by_main(
+            lambda: list_split(config.data_dir, split) if split == "test"
+            else usable_split(config.data_dir, split))
         path = cache_file(model, items, options["prep"], config.cache_dir, options["views"]) \
             if distributed.is_main() else None  # under torchrun, the cache is rank 0's
         features = cached_features(model, items, desc=f"{split} features", cache_path=path,
@@ -544,37 +558,3 @@ def validation_metrics(val_items, val_probabilities, config, fitted: Fitted,
         metrics["probe"] = probe_summary(probe_val)
         metrics["head_vs_probe"] = head_vs_probe(metrics["roc_auc"], probe_val["roc_auc"])
     return metrics, val_threshold
-
-
-def finish_run(run_dir: Path, val_items, val_probabilities, metrics: dict, val_threshold: float,
-               fitted: Fitted, log=print, probe: dict | None = None) -> None:
-    """The validation files of a run: the head-vs-probe table, metrics, predictions, figures,
-    tables, report."""
-    labels = np.array([y for _, y in val_items])
-    if probe is not None:
-        write_table(comparison_rows(metrics, probe["metrics"]["val"]),
-                    run_dir / TABLES_DIR / "head_vs_probe",
-                    caption="The trained head against a logistic-regression probe on the same "
-                            "frozen features (validation split, 95% bootstrap CIs)")
-        log(metrics["head_vs_probe"]["verdict"])
-    write_json(run_dir / METRICS_VAL_JSON, metrics)
-    write_predictions([{"image_id": path.name, "prediction": float(p), "label": int(y),
-                        "path": str(path)} for (path, y), p in zip(val_items, val_probabilities)],
-                      run_dir / PREDICTIONS_VAL_CSV)
-    save_figures(run_drawings(run_dir / FIGURES_DIR, fitted.history, fitted.best_epoch, labels,
-                              val_probabilities, metrics))
-    write_table(metrics_table_rows(metrics), run_dir / TABLES_DIR / "metrics_val",
-                caption="Validation metrics with 95% bootstrap confidence intervals")
-    plt.close("all")
-    write_report(run_dir)
-    log(f"val accuracy {metrics['accuracy']:.4f}, ROC-AUC {metrics['roc_auc']}, "
-        f"threshold chosen on val {val_threshold:.3f}; run saved in {run_dir}")
-
-
-def run_drawings(figures: Path, history, best_epoch, labels, val_probabilities,
-                 metrics: dict) -> dict:
-    """A run's six figures, for save_figures: the learning curves and the validation figures,
-    the costliest first (save_figures deals them out in this order)."""
-    return {figures / "learning_curves": partial(plot_history, history, best_epoch=best_epoch),
-            **evaluation_drawings(labels, val_probabilities, metrics, figures,
-                                  title_prefix="Validation", name_prefix="val_")}

@@ -8,6 +8,7 @@ functions here, so a notebook's upload widget, a test or a script can call them 
     for r in results:
         r.error                               # a sentence naming the file and what to do, or None
         r.verdict, r.probability, r.band      # at the run's val-chosen threshold
+        r.unlike_training, r.trust_note       # is the image like the training data? (ood.py)
         overlay_image(r, "fake", opacity=0.5) # any target or opacity, without another pass
         overlay_png(r, ...), prediction_row_json(r)   # what the download buttons give
     model_card(run_dir, checkpoint)           # what the sidebar shows
@@ -32,14 +33,16 @@ import torch
 from PIL import Image
 
 from .data import normalize_batch, try_decode_image, uint8_transform
+from .images import open_supported
 # At import, not at the first download: the report pulls in scikit-learn and matplotlib (2.4 s the
 # first time on 2 busy cores), which the app's first user would otherwise wait for.
 from .predictions import write_prediction_rows
 from .report import load_json
-from .run_dir import (CHECKPOINT, CONFIG_JSON, CROSS_DATASET_JSON, DATA_COUNTS_JSON,
-                      METRICS_VAL_JSON)
+from .run_dir import (CHECKPOINT, CROSS_DATASET_JSON, DATA_COUNTS_JSON, METRICS_VAL_JSON,
+                      read_run_config)
 from .gradcam import overlay, raw_grad_cam_both, scale_cams
 from .inference import decision_threshold
+from .ood import NO_STATISTICS, Assessment, CapturedFeatures, assess
 from .preprocessing import Preprocessing
 
 # A photo from a phone is 2-12 MB as JPEG, a 50 MP one 15-20 MB. A PNG screenshot of 4K is about
@@ -57,6 +60,10 @@ PREVIEW_MAX_SIDE = 640  # what the page shows beside the overlay
 # The confidence band's edges on P(fake): "confident" only beyond them, and only on the side of
 # the verdict; everything between is "uncertain".
 CONFIDENT_BELOW, CONFIDENT_ABOVE = 0.2, 0.8
+# The band of an image flagged as unlike the training data (ood.py: its OOD score beyond the
+# 99th percentile of the validation images, or its native size far from the training images'):
+# never "confident", whatever P(fake) is.
+NOT_LIKE_TRAINING = "not like the training data"
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")
 TARGETS = ("fake", "real")
 
@@ -85,7 +92,14 @@ class ExplainedUpload:
     logit: float | None = None
     threshold: float | None = None       # the verdict's threshold (the run's, chosen on val)
     verdict: str | None = None           # "fake" or "real"
-    band: str | None = None              # "confident" or "uncertain"
+    band: str | None = None              # "confident", "uncertain" or NOT_LIKE_TRAINING
+    # How far the image is from the training data (ood.py), from the features of the same pass:
+    ood_score: float | None = None       # None: the run has no OOD statistics (an older run)
+    ood_percentile: float | None = None  # the score's percentile among the val images' scores
+    unlike_training: bool = False        # flagged: OOD score beyond the 99th percentile, or size
+    size_note: str | None = None         # "much larger than the training images (3000 px vs ...)"
+    trust_note: str = ""                 # one line, complete: the flag(s) and why, or the
+    #                                      percentile when not flagged, or that there is no score
     raw_cams: dict[str, np.ndarray] = field(default_factory=dict)  # target -> layer4-grid map
 
     @property
@@ -122,8 +136,10 @@ def band_edges_text(below: float = CONFIDENT_BELOW, above: float = CONFIDENT_ABO
 
 def image_header(data: bytes) -> tuple[str | None, tuple[int, int], int]:
     """(format, (width, height), number of frames) from the header alone: no pixel is decoded.
-    Raises what PIL raises for a file it cannot identify (or one far beyond its own bomb limit)."""
-    with Image.open(io.BytesIO(data)) as image:
+    Raises what PIL raises for a file it cannot identify (or one far beyond its own bomb limit),
+    and ImageLoadError for a format the project does not decode (EPS, PSD, ...): only the
+    supported formats' plugins ever see the bytes (images.open_supported)."""
+    with open_supported(io.BytesIO(data)) as image:
         return image.format, image.size, int(getattr(image, "n_frames", 1) or 1)
 
 
@@ -205,7 +221,9 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
     run was trained, a large JPEG at reduced size for a "draft" run; resized with PIL to its
     img_size, the same uint8 -> normalised steps), so P(fake) is predict's P(fake) for the same
     file in fp32 (the maps are computed in fp32, whatever the run trained in). One forward and
-    one backward pass per batch of `batch_size` images; only a batch is decoded at a time.
+    one backward pass per batch of `batch_size` images; only a batch is decoded at a time. The
+    same pass's backbone features give each image's OOD score (checkpoint["ood"], as load_run
+    reads it; ood.py), and its header's size the size check: see with_trust.
     """
     prep = Preprocessing.from_checkpoint(checkpoint)
     threshold = decision_threshold(checkpoint)
@@ -227,8 +245,11 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
             batch.append(result)
         good = [r for r in batch if r.ok]
         if good:
-            maps, logits = raw_grad_cam_both(
-                model, normalize_batch(torch.stack(pixels), prep.mean, prep.std, device))
+            with CapturedFeatures(model) as captured:  # the OOD score's features, same pass
+                maps, logits = raw_grad_cam_both(
+                    model, normalize_batch(torch.stack(pixels), prep.mean, prep.std, device))
+            trust = assess(checkpoint.get("ood"), captured.pop(),
+                           [r.original_size for r in good])
             maps = {t: m.float().cpu().numpy() for t, m in maps.items()}
             logits = logits.float().cpu()
             probabilities = torch.sigmoid(logits).numpy()
@@ -238,8 +259,20 @@ def explain_uploads(model: torch.nn.Module, checkpoint: dict, uploads: Sequence[
                 result.verdict = verdict_of(result.probability, threshold)
                 result.band = confidence_band(result.probability, threshold)
                 result.raw_cams = {t: maps[t][k] for t in TARGETS}
+                with_trust(result, trust[k])
         results += batch
     return results
+
+
+def with_trust(result: ExplainedUpload, trust: Assessment) -> ExplainedUpload:
+    """The result with how far its image is from the training data; a flagged one's band is
+    NOT_LIKE_TRAINING, never "confident"."""
+    result.ood_score, result.ood_percentile = trust.score, trust.percentile
+    result.unlike_training, result.size_note = trust.unlike_training, trust.size_note
+    result.trust_note = trust.note
+    if trust.unlike_training:
+        result.band = NOT_LIKE_TRAINING
+    return result
 
 
 def model_image(image: Image.Image, data: bytes, target_size: int | None) -> Image.Image:
@@ -339,7 +372,7 @@ def model_card(run_dir: str | os.PathLike, checkpoint: dict) -> dict:
     threshold, image size, date, cross-dataset rows."""
     from .demo_data import synthetic_origin
     run_dir = Path(run_dir)
-    config = load_json(run_dir / CONFIG_JSON) or {}
+    config = read_run_config(run_dir, required=False) or {}  # checked: a bad field is named
     weights = checkpoint.get("weights") or config.get("weights_record") or {}
     synthetic = config.get("synthetic_data")
     if "synthetic_data" not in config and config.get("data_dir"):  # runs from before the record
@@ -366,4 +399,7 @@ def model_card(run_dir: str | os.PathLike, checkpoint: dict) -> dict:
         "trained_at": trained_at,
         "best_epoch": checkpoint.get("best_epoch"),
         "cross_dataset": cross if isinstance(cross, list) else [],
+        # how an image's distance from the training data is judged, in one line (ood.py)
+        "ood": checkpoint["ood"].describe() if checkpoint.get("ood") is not None else
+        f"No OOD score: {NO_STATISTICS}.",
     }

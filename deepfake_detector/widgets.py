@@ -24,6 +24,7 @@ from .data import ImageLoadError, eval_transform, open_image
 from .figures import plt
 from .gradcam import OUTCOMES, grad_cam_with_logits, outcome_of, overlay
 from .images import decode_image
+from .ood import CapturedFeatures, assess
 from .preprocessing import Preprocessing
 
 OPTIMISM_NOTE = ("A threshold tuned on a split and reported on the same split is optimistic: "
@@ -113,10 +114,13 @@ class ThresholdExplorer(_Displayable):
 
 
 class _CamView:
-    """Shared by the browser and the upload box: P(fake) and the Grad-CAM of one image."""
+    """Shared by the browser and the upload box: P(fake) and the Grad-CAM of one image, and how
+    far it is from the training data (`ood`: the run's ood.OodStats, run_dir.read_ood_stats;
+    None: no OOD score), from the features of the same pass."""
 
-    def __init__(self, model, prep: Preprocessing, layer=None):
+    def __init__(self, model, prep: Preprocessing, layer=None, ood=None):
         self.model, self.layer, self.precision = model, layer, prep.precision
+        self.ood, self.trust = ood, None
         self.transform = eval_transform(prep.img_size, prep.mean, prep.std)
         # The model's input is decoded as the run trained (a large JPEG at reduced size with
         # "draft"); the picture beside the map is the image itself.
@@ -129,21 +133,35 @@ class _CamView:
         shown = model_input if facts["draft_scale"] == 1 else open_image(source)
         return shown, model_input
 
-    def explain(self, image: Image.Image, target: str):
+    def explain(self, image: Image.Image, target: str, native_size=None):
+        """(P(fake), the map for `target`); self.trust: the image's ood.Assessment, its size
+        judged by `native_size` (width, height) when given, else the image's."""
         batch = self.transform(image)[None].to(next(self.model.parameters()).device)
-        result = grad_cam_with_logits(self.model, batch, target=target, layer=self.layer,
-                                      precision=self.precision)
+        with CapturedFeatures(self.model) as captured:
+            result = grad_cam_with_logits(self.model, batch, target=target, layer=self.layer,
+                                          precision=self.precision)
+        self.trust = assess(self.ood, captured.pop(), [native_size or image.size])[0]
         return float(result.probabilities[0]), result.cams[0]
+
+    def trust_html(self) -> str:
+        """The trust line, in bold when the image is flagged as unlike the training data."""
+        note = html.escape(self.trust.note)
+        return f"<b>{note}</b>" if self.trust.unlike_training else note
+
+    def trust_shown(self) -> dict:
+        return {"ood_percentile": self.trust.percentile,
+                "unlike_training": self.trust.unlike_training,
+                "size_note": self.trust.size_note, "trust_note": self.trust.note}
 
 
 class ImageBrowser(_Displayable, _CamView):
     """Validation images filtered by outcome (tp/tn/fp/fn at `threshold`), each with P(fake) and
     its Grad-CAM for the target fake or real. `prep`: the model's input as the run was trained
-    (Preprocessing.from_config or from_checkpoint)."""
+    (Preprocessing.from_config or from_checkpoint); `ood`: the run's OOD statistics (_CamView)."""
 
     def __init__(self, model, paths, labels, probabilities, prep: Preprocessing,
-                 threshold: float = 0.5, layer=None):
-        _CamView.__init__(self, model, prep, layer)
+                 threshold: float = 0.5, layer=None, ood=None):
+        _CamView.__init__(self, model, prep, layer, ood)
         self.paths = [Path(p) for p in paths]
         self.labels = [int(y) for y in labels]
         self.probabilities = [float(p) for p in probabilities]
@@ -191,24 +209,26 @@ class ImageBrowser(_Displayable, _CamView):
             self.shown = None
             return None
         image, model_image = self.pictures(self.paths[index])
-        probability, cam = self.explain(model_image, self.target.value)
+        probability, cam = self.explain(model_image, self.target.value, image.size)
         self.picture.value = array_png(side_by_side(image, cam))
         label = CLASS_NAMES[self.labels[index]]
         self.shown = {"path": self.paths[index], "label": label, "probability": probability,
-                      "outcome": self.outcomes[index], "target": self.target.value, "cam": cam}
+                      "outcome": self.outcomes[index], "target": self.target.value, "cam": cam,
+                      **self.trust_shown()}
         self.caption.value = (f"<p><b>{html.escape(self.paths[index].name)}</b>: labelled {label}, "
                               f"P(fake) = {probability:.3f} ({self.outcomes[index]} at threshold "
                               f"{self.threshold:.2f}). Left: the image; right: where the model saw "
-                              f"evidence for <b>{self.target.value}</b>.</p>")
+                              f"evidence for <b>{self.target.value}</b>.<br>{self.trust_html()}</p>")
         return self.shown
 
 
 class UploadBox(_Displayable, _CamView):
     """Try one's own image: P(fake), the verdict at `threshold` (the one chosen on val) and its
-    Grad-CAM for the verdict. `prep`: as ImageBrowser's."""
+    Grad-CAM for the verdict. `prep`, `ood`: as ImageBrowser's. An image unlike the training data
+    (ood.py) is flagged: the model has not seen images like it, so its verdict means little."""
 
-    def __init__(self, model, prep: Preprocessing, threshold: float, layer=None):
-        _CamView.__init__(self, model, prep, layer)
+    def __init__(self, model, prep: Preprocessing, threshold: float, layer=None, ood=None):
+        _CamView.__init__(self, model, prep, layer, ood)
         self.threshold = threshold
         self.upload = widgets.FileUpload(accept="image/*", multiple=False,
                                          description="Your image")
@@ -233,20 +253,24 @@ class UploadBox(_Displayable, _CamView):
             path.write_bytes(data)
             try:
                 image, model_image = self.pictures(path)
-            except ImageLoadError:
+            except ImageLoadError as error:  # the reason in the decoder's words (EPS: by name)
                 self.picture.value = b""
                 self.caption.value = (f"<p><b>{html.escape(safe_name)}</b> could not be read as an "
-                                      "image. Try a JPEG or PNG file.</p>")
+                                      f"image: {html.escape(str(error))}. Try a JPEG or PNG "
+                                      "file.</p>")
                 self.shown = None
                 return None
         with torch.no_grad():
-            probability, _ = self.explain(model_image, "fake")
+            probability, _ = self.explain(model_image, "fake", image.size)
         verdict = "fake" if probability >= self.threshold else "real"
-        _, cam = self.explain(model_image, verdict)
+        _, cam = self.explain(model_image, verdict, image.size)
         self.picture.value = array_png(side_by_side(image, cam))
         self.shown = {"name": safe_name, "probability": probability, "verdict": verdict,
-                      "threshold": self.threshold, "cam": cam}
+                      "threshold": self.threshold, "cam": cam, **self.trust_shown()}
+        unlike = " (NOT LIKE THE TRAINING DATA: the verdict means little)" \
+            if self.trust.unlike_training else ""
         self.caption.value = (f"<p><b>{html.escape(safe_name)}</b>: P(fake) = {probability:.3f}; "
-                              f"verdict at threshold {self.threshold:.3f}: <b>{verdict}</b>. "
-                              f"Right: where the model saw evidence for {verdict}.</p>")
+                              f"verdict at threshold {self.threshold:.3f}: <b>{verdict}</b>{unlike}. "
+                              f"Right: where the model saw evidence for {verdict}.<br>"
+                              f"{self.trust_html()}</p>")
         return self.shown

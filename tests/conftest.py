@@ -5,9 +5,15 @@ Even a randomly initialised frozen ResNet-18 separates them, so tests can train 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +22,10 @@ from PIL import Image
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-CIFAKE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake-dev"
+# The CIFAKE sample beside the checkout, or the folder (holding real/ and fake/) that the
+# environment variable DEEPFAKE_DETECTOR_CIFAKE_DIR names (as the benchmarks read it).
+CIFAKE_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake-dev"
+CIFAKE_DIR = Path(os.environ.get("DEEPFAKE_DETECTOR_CIFAKE_DIR") or CIFAKE_BESIDE).expanduser()
 
 
 def smooth_noise(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -118,3 +127,74 @@ def watch_file_writes(monkeypatch) -> list:
     monkeypatch.setattr(io, "open", watching_open)
     monkeypatch.setattr(os, "open", watching_os_open)
     return writes
+
+
+# --- the notebook: executed once per session, in the background -----------------------------------
+
+NOTEBOOK_RUN_SCRIPT = Path(__file__).with_name("notebook_run_twice.py")
+NOTEBOOK_RUN_TIMEOUT = 1800  # seconds in all; each cell has its own timeout of 600 s as well
+_notebook_run = {}  # the one background execution of this session: its process and folder
+
+
+def start_notebook_run() -> dict:
+    """Start notebook_run_twice.py in a process of its own (once per session)."""
+    if not _notebook_run:
+        root = Path(tempfile.mkdtemp(prefix="notebook-run-twice-"))
+        log = open(root / "log.txt", "wb")
+        process = subprocess.Popen([sys.executable, str(NOTEBOOK_RUN_SCRIPT), str(root)],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _notebook_run.update(root=root, log=log, process=process)
+    return _notebook_run
+
+
+def pytest_collection_finish(session):
+    """As soon as the tests are known, start the shared notebook execution if one of them needs
+    it: its kernel computes on about one core for a minute, while the tests before
+    test_notebook.py run beside it (on two cores, the suite alone leaves one mostly idle)."""
+    if session.config.option.collectonly:
+        return
+    if any("notebook_run_twice" in getattr(item, "fixturenames", ()) for item in session.items):
+        start_notebook_run()
+
+
+def pytest_sessionfinish(session):
+    """Stop the notebook execution if no test waited for it (an interrupted or -x session), and
+    remove its files when it succeeded (a failed one is kept, and its folder named)."""
+    if not _notebook_run:
+        return
+    process = _notebook_run["process"]
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    _notebook_run["log"].close()
+    if process.returncode == 0:
+        shutil.rmtree(_notebook_run["root"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def notebook_run_twice() -> SimpleNamespace:
+    """The notebook executed once for the whole session (see notebook_run_twice.py): the notebook
+    after the first pass, the second and the re-run with VAL_FRACTION = 0.5 (`first`, `second`,
+    `changed`), what the kernel said (`first_run`, `n_images_after_change`), the project as the
+    last step left it (`project`, its output folder `out`) and as the first pass left it
+    (`one_pass`). Read-only: every test that uses it reads the same files."""
+    import nbformat
+    run = start_notebook_run()  # already running since the collection, unless that was skipped
+    process, root = run["process"], run["root"]
+    try:
+        process.wait(timeout=NOTEBOOK_RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"the shared notebook execution did not end in {NOTEBOOK_RUN_TIMEOUT} s: "
+                    f"{root}")
+    if process.returncode != 0:
+        log = (root / "log.txt").read_text(encoding="utf-8", errors="replace")
+        pytest.fail(f"the shared notebook execution failed (exit code {process.returncode}); its "
+                    f"files are in {root}:\n{log[-5000:]}")
+    project = root / "project"
+    return SimpleNamespace(
+        project=project, out=project / "outputs" / "nb", one_pass=root / "one-pass" / "project",
+        **{name: nbformat.read(root / f"{name}.ipynb", as_version=4)
+           for name in ("first", "second", "changed")},
+        **json.loads((root / "seen.json").read_text(encoding="utf-8")))

@@ -1,7 +1,8 @@
 """Real images: a small CIFAKE sample through the whole pipeline (skipped where the data is absent).
 
 CIFAKE: J. J. Bird and A. Lotfi, IEEE Access, 2024 (MIT); real images from CIFAR-10 (Krizhevsky, 2009).
-The sample is read from ../shared/data/cifake-dev and copied only into a temporary folder.
+The sample is read from ../shared/data/cifake-dev, or from the folder (with real/ and fake/) that the
+environment variable DEEPFAKE_DETECTOR_CIFAKE_DIR names, and copied only into a temporary folder.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from deepfake_detector.train import TrainConfig, train
 
 from conftest import CIFAKE_DIR
 
-pytestmark = pytest.mark.skipif(not CIFAKE_DIR.is_dir(),
-                                reason=f"CIFAKE sample not found at {CIFAKE_DIR}")
+pytestmark = pytest.mark.skipif(
+    not CIFAKE_DIR.is_dir(), reason=f"CIFAKE sample not found at {CIFAKE_DIR}: set "
+                                    "DEEPFAKE_DETECTOR_CIFAKE_DIR to a folder with its real/ and fake/")
 N_PER_CLASS = 300
 
 

@@ -31,7 +31,7 @@ def test_the_whole_pipeline_from_the_command_line(raw_dataset, tmp_path, capsys)
     assert (run / "checkpoint.pt").is_file()
     capsys.readouterr()
 
-    assert main(["evaluate", "--run", str(run), "--data", str(data)]) == 0
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_images"] == 12 and metrics["accuracy"] >= 0.9 and metrics["roc_auc"] >= 0.9
     assert (run / "eval" / "data-val" / "metrics.json").is_file()
@@ -39,7 +39,7 @@ def test_the_whole_pipeline_from_the_command_line(raw_dataset, tmp_path, capsys)
     assert json.loads((run / "config.json").read_text())["precision"] == "fp32"
     assert metrics["precision"] == "fp32" and metrics["deterministic"] is True
     assert main(["evaluate", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "e2"),
-                 "--precision", "bf16", "--no-deterministic"]) == 0
+                 "--precision", "bf16", "--no-deterministic", "--json"]) == 0
     mixed = json.loads(capsys.readouterr().out)
     assert mixed["precision"] == "bf16" and mixed["deterministic"] is False
     assert mixed["roc_auc"] == pytest.approx(metrics["roc_auc"], abs=0.05)

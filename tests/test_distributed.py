@@ -3,7 +3,7 @@
 Each launch test starts `python -m torch.distributed.run` (the torchrun script) on localhost and
 compares what rank 0 wrote with a single-process run of the same command in this process. Both
 run on one thread per process: the same work per batch, the same kernels, the same floats. The
-launches all start at once (the `launches` fixture) and run side by side.
+`launches` fixture holds them all; each starts when its test looks it up.
 """
 from __future__ import annotations
 
@@ -165,50 +165,74 @@ def unreadable_split(tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(root=root, broken=broken)
 
 
+class Launch:
+    """A torchrun launch of this module: the `command` a test also runs in one process (without the
+    argument naming its output), the folder the launch runs in (`cwd`: what it wrote), and its
+    `processes`, started by `start()`."""
+
+    def __init__(self, command: list[str], cwd: Path, starts):
+        self.command, self.cwd, self.starts, self.processes = command, cwd, starts, []
+
+    def start(self) -> "Launch":
+        if not self.processes:
+            self.processes = self.starts()
+        return self
+
+
+class Launches(dict):
+    """name -> Launch, which starts when a test looks it up: it then runs beside that test's
+    single-process run. (All six at once were no faster on two cores than one after another,
+    ~47 s either way: each launch keeps ~1.5 cores busy, mostly three processes importing torch.
+    The six check six commands or ways to launch, so no launch can serve two tests.)"""
+
+    def __getitem__(self, name: str) -> Launch:
+        return super().__getitem__(name).start()
+
+
 @pytest.fixture(scope="module")
 def launches(trained_run, split_data, images_with_a_broken_one, bigger_split, unreadable_split,
-             tmp_path_factory) -> dict[str, SimpleNamespace]:
-    """Every torchrun launch of this module, started at once, each in its own folder (`cwd`); a
-    test waits for its own and compares it with the same `command` run in one process.
-
-    A launch is mostly three Python processes starting and importing torch, one after another:
-    about one core for ~8 s. One after another the six launches took ~55 s on two cores; side by
-    side they keep both cores busy, beside the single-process runs the tests compare them with.
-    Launches that no test waited for (deselected tests) are stopped at the end."""
+             tmp_path_factory) -> Launches:
+    """Every torchrun launch of this module, each in its own folder; a test starts its own, runs
+    the same command in one process, waits for the launch and compares. Launches still running
+    at the end (a failed test's) are stopped."""
     root = tmp_path_factory.mktemp("launches")
     two_processes = ["--standalone", "--nproc_per_node=2"]
-    launches = {}
+    launches = Launches()
 
     def launch(name, command, output_args=(), starts=None, cwd=None):
         if cwd is None:
             cwd = root / name
             cwd.mkdir()
-        processes = starts(cwd) if starts else [start(two_processes, [*command, *output_args], cwd)]
-        launches[name] = SimpleNamespace(command=command, cwd=cwd, processes=processes)
+        launches[name] = Launch(command, cwd, lambda: starts(cwd) if starts else
+                                [start(two_processes, [*command, *output_args], cwd)])
 
     images = images_with_a_broken_one
     launch("predict", ["predict", "--run", str(trained_run), str(images / "real"),
                        str(images / "fake"), "--batch-size", "8", "--out"], ["two.csv"])
     launch("evaluate", ["evaluate", "--run", str(trained_run), "--data", str(split_data),
-                        "--split", "train", "--batch-size", "8", "--out"],
+                        "--split", "train", "--batch-size", "8", "--json", "--out"],
            [str(root / "evaluate" / "two")])
     launch("extract", ["extract", "--data", str(bigger_split), "--weights", "none",
                        "--img-size", "32", "--cache-dir"], ["two"])
     launch("train", ["train", "--data", str(bigger_split), "--weights", "none", "--img-size", "32",
                      "--epochs", "15", "--lr", "1e-2", "--no-probe", "--out"],
            ["two", "--cache-dir", "cache-two"])
-    port = free_port()
     nodes = ["predict", "--run", str(trained_run), str(split_data / "val"), "--batch-size", "4"]
-    launch("two-nodes", nodes, starts=lambda cwd: [
-        start(["--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
-               "--rdzv-id", "two-nodes-test"], nodes, cwd) for node in (0, 1)])
+
+    def two_nodes(cwd):
+        port = free_port()  # free a moment ago; the first node binds it at once
+        return [start(["--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+                       "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
+                       "--rdzv-id", "two-nodes-test"], nodes, cwd) for node in (0, 1)]
+    launch("two-nodes", nodes, starts=two_nodes)
     launch("unreadable", ["extract", "--data", "data", "--weights", "none", "--img-size", "32",
                           "--cache-dir", "cache"], cwd=unreadable_split.root)
     yield launches
-    for launched in launches.values():
+    for launched in launches.values():  # values(): no lookup, so nothing starts here
         for process in launched.processes:
             stop(process)
+            for file in process.output_files:
+                file.close()
 
 
 def test_torchrun_predict_writes_the_file_one_process_writes(launches, tmp_path, capsys):

@@ -3,25 +3,17 @@ after every cell); every cell re-runnable in the same kernel; and the demo's pro
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-from deepfake_detector import notebook as notebook_module
 from deepfake_detector.notebook import (MARKER, PROJECT_ROOT, NotebookStop, claim_for_notebook,
                                         execute_notebook, inject_parameters,
                                         mark_as_notebooks, parse_value)
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "deepfake_detector.ipynb"
-# The end-to-end tests share one execution that runs every cell twice: small settings, as
-# command-line text (execute_notebook reads it with parse_value); exercises on, so they run too.
-TINY = {"SYNTHETIC_N_PER_CLASS": "30", "IMG_SIZE": "32", "EPOCHS": "10", "LR": "1e-3",
-        "WEIGHTS": "none", "GRADCAM_IMAGES": "8", "BATCH_SIZE": "16", "EXERCISES": "True"}
 
 
 def test_notebook_is_committed_clean_with_a_parameters_cell():
@@ -66,8 +58,8 @@ def test_the_notebook_replaces_only_what_it_made(tmp_path):
     assert claim_for_notebook(theirs, "REPLACE_RUN") is True
 
 
-def small_notebook(path: Path, *sources: str) -> Path:
-    cells = [nbformat.v4.new_code_cell("X = 1", metadata={"tags": ["parameters"]})]
+def small_notebook(path: Path, *sources: str, parameters: str = "X = 1") -> Path:
+    cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
     cells += [nbformat.v4.new_code_cell(source) for source in sources]
     nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
     return path
@@ -97,7 +89,8 @@ def test_a_cell_timeout_leaves_the_partial_notebook(tmp_path):
 
 def test_cli_reads_parameters_as_papermill(tmp_path, capsys):
     from deepfake_detector.cli import main
-    notebook = small_notebook(tmp_path / "nb.ipynb", "print(repr(WEIGHTS), EPOCHS + 1, DATASETS)")
+    notebook = small_notebook(tmp_path / "nb.ipynb", "print(repr(WEIGHTS), EPOCHS + 1, DATASETS)",
+                              parameters="WEIGHTS = 'none'\nEPOCHS = 1\nDATASETS = []")
     assert main(["notebook", "--notebook", str(notebook), "--out", str(tmp_path / "out"),
                  "-p", "WEIGHTS", "imagenet", "-p", "EPOCHS", "30",
                  "-p", "DATASETS", '["a", "b"]', "--cwd", str(tmp_path)]) == 0
@@ -108,85 +101,6 @@ def test_cli_reads_parameters_as_papermill(tmp_path, capsys):
 def errors(notebook) -> list[str]:
     return [f"cell {i}: {o.ename}: {o.evalue}" for i, c in enumerate(notebook.cells)
             if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-
-
-def kernel_json(client, code: str):
-    """Run `code` in the live kernel; what it prints last is read back as JSON."""
-    cell = nbformat.v4.new_code_cell(code)
-    client.nb.cells.append(cell)  # a scratch cell, taken out again: the notebook stays as it was
-    try:
-        client.execute_cell(cell, len(client.nb.cells) - 1)
-    finally:
-        client.nb.cells.pop()
-    text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream"
-                   and o.name == "stdout")
-    assert not [o for o in cell.outputs if o.output_type == "error"], cell.outputs
-    return json.loads(text.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def notebook_run_twice(tmp_path_factory) -> SimpleNamespace:
-    """One execution of the whole notebook, shared by the two end-to-end tests below: it is the
-    slowest thing in the suite (~30 s a pass on two cores), so it runs once per test session.
-
-    execute_notebook(rerun=True), the headless runner of `make demo`, runs every cell (exercises
-    on, in an empty dataset_raw/: the notebook makes synthetic data), then every code cell a second
-    time in the same kernel. After the first pass the fixture keeps what a one-pass headless run
-    leaves (the executed copy and a copy of every file) and asks the live kernel about its objects;
-    after the second it sets VAL_FRACTION = 0.5 and re-runs the cells from the split to the
-    training, as a JupyterLab user would. The tests only read what it kept."""
-    root = tmp_path_factory.mktemp("notebook")
-    project = root / "project"
-    (project / "dataset_raw").mkdir(parents=True)
-    out = project / "outputs" / "nb"
-    seen = SimpleNamespace(project=project, out=out, one_pass=root / "one-pass" / "project")
-
-    def snapshot(client):
-        return nbformat.from_dict(json.loads(json.dumps(client.nb)))
-
-    def after_first_pass(client):
-        NotebookClient.set_widgets_metadata(client)  # as a one-pass run stores them at its end
-        seen.first = snapshot(client)
-        shutil.copytree(project, seen.one_pass, symlinks=True)
-        nbformat.write(seen.first, seen.one_pass / "outputs" / "nb" / "deepfake_detector.executed.ipynb")
-        seen.first_run = kernel_json(client, "print(json.dumps({'n_val': run.metrics['n_images'], "
-                                             "'model_is_run_model': run.model is model, "
-                                             "'device': str(next(model.parameters()).device)}))")
-
-    def after_second_pass(client):
-        seen.second = snapshot(client)
-        kernel_json(client, "VAL_FRACTION = 0.5\nprint('{}')")
-        code_cells = [(i, c) for i, c in enumerate(client.nb.cells) if c.cell_type == "code"]
-        start = next(i for i, c in code_cells if "synthetic = SYNTHETIC_IF_EMPTY" in c.source)
-        stop = next(i for i, c in code_cells if "plot_history(run.history" in c.source)
-        for index, cell in code_cells:
-            if start <= index <= stop:
-                client.execute_cell(cell, index)
-        seen.changed = snapshot(client)
-        seen.n_images_after_change = kernel_json(client, "print(json.dumps(run.metrics['n_images']))")
-
-    class WatchedClient(NotebookClient):
-        """execute_notebook's own client; once the last cell of a pass has run, the fixture looks
-        into the live kernel (its scratch cells start no pass of their own)."""
-        passes_done = 0
-        looking = False
-
-        def execute_cell(self, cell, cell_index, *args, **kwargs):
-            executed = super().execute_cell(cell, cell_index, *args, **kwargs)
-            if cell_index == len(self.nb.cells) - 1 and not self.looking:
-                self.passes_done += 1
-                self.looking = True
-                try:
-                    (after_first_pass if self.passes_done == 1 else after_second_pass)(self)
-                finally:
-                    self.looking = False
-            return executed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(notebook_module, "NotebookClient", WatchedClient)
-        execute_notebook(NOTEBOOK, out, TINY, timeout=600, cwd=project, rerun=True)
-    assert hasattr(seen, "changed"), "execute_notebook(rerun=True) did not run two passes"
-    return seen
 
 
 def code_cell(notebook, text: str):
@@ -201,7 +115,8 @@ def said(cell) -> str:
 def test_notebook_runs_then_every_cell_runs_again_and_follows_new_parameters(notebook_run_twice):
     """Run all cells (exercises on), then every code cell a second time in the same kernel; then
     change VAL_FRACTION and re-run: the split and the run follow, replaced because the notebook
-    made them, and dataset_raw/ stays untouched."""
+    made them, and dataset_raw/ stays untouched. (One execution, shared with the test below and
+    started in the background by conftest.py: notebook_run_twice.py.)"""
     seen = notebook_run_twice
     assert not errors(seen.first)
     assert seen.first_run == {"n_val": 12, "model_is_run_model": True, "device": "cpu"}
@@ -228,7 +143,8 @@ def test_notebook_runs_then_every_cell_runs_again_and_follows_new_parameters(not
 
 @pytest.mark.slow
 def test_headless_notebook_end_to_end(notebook_run_twice):
-    """What one headless pass leaves (the shared execution's first pass, kept aside)."""
+    """What one headless pass leaves (the shared execution's first pass: conftest.py, and
+    notebook_run_twice.py for its settings)."""
     project = notebook_run_twice.one_pass
     out = project / "outputs" / "nb"
 

@@ -63,3 +63,25 @@ def test_the_command_line_saves_figures_headless(raw_dataset, tmp_path):
     assert result.stdout.strip().splitlines()[-1].lower() == "0 agg", result.stderr
     figures = list((tmp_path / "audit").rglob("*.png"))
     assert figures and all(f.with_suffix(".pdf").is_file() for f in figures)
+
+
+def test_license_and_citation_files_say_what_pyproject_declares():
+    """LICENSE holds the MIT text pyproject names (as an SPDX expression, setuptools >= 77), and
+    CITATION.cff (how GitHub, Zenodo and reference managers cite software) has the keys CFF 1.2
+    requires, each author a person (family-names, given-names) or an entity (name)."""
+    import yaml  # PyYAML: installed with the notebook extra (jupyter's dependency)
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "MIT"
+    assert pyproject["project"]["license-files"] == ["LICENSE"]
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]
+    license_text = (PROJECT_ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert license_text.startswith("MIT License\n") and "Copyright (c) 2026" in license_text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in license_text
+    cff = yaml.safe_load((PROJECT_ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert {"cff-version", "message", "title", "authors"} <= set(cff)
+    assert cff["cff-version"] == "1.2.0" and cff["version"] == __version__
+    assert cff["license"] == "MIT"
+    for person in cff["authors"] + [a for ref in cff["references"] for a in ref["authors"]]:
+        assert {"family-names", "given-names"} <= set(person) or "name" in person, person
+    cited = " ".join(ref["title"] for ref in cff["references"])
+    assert "CIFAKE" in cited and "Tiny Images" in cited  # the data sets the README cites

@@ -172,7 +172,7 @@ def test_default_head_reaches_the_probe_on_the_synthetic_set(tmp_path, few_boots
     assert metrics["roc_auc"] >= HEAD_TO_PROBE_AUC_TARGET * metrics["probe"]["roc_auc"]
 
 
-@pytest.mark.skipif(not CIFAKE_DIR.is_dir(), reason=f"CIFAKE dev set not found at {CIFAKE_DIR}")
+@pytest.mark.skipif(not CIFAKE_DIR.is_dir(), reason=f"CIFAKE dev set not found at {CIFAKE_DIR}: set DEEPFAKE_DETECTOR_CIFAKE_DIR to a folder with its real/ and fake/")
 def test_default_head_reaches_the_probe_on_cifake(tmp_path, few_bootstraps):
     """2,000 CIFAKE images at their native 32 px: random-init features the head has to work for
     (the probe's val AUC is far from 1), at a cost of seconds. (On 800 images the val AUC's

@@ -72,6 +72,8 @@ def val_logits(run) -> np.ndarray:
 
 
 def test_cached_features_and_plain_loop_give_the_same_head(split_data, tmp_path):
+    # Stays slow (three trainings, the plain loop's a forward pass over every image per epoch):
+    # what it compares are runs trained with these settings; no shared run has them.
     common = dict(data_dir=str(split_data), weights="none", img_size=32, epochs=6, lr=1e-3,
                   patience=10, seed=0, num_workers=0)
     cached = train(TrainConfig(out_dir=str(tmp_path / "cached"), cache_dir=str(tmp_path / "cache"),
