@@ -34,8 +34,10 @@ demo: $(BIN)/.installed
 		--parameter EXERCISES False
 
 # --durations=15: the 15 slowest tests, so that a slow new one shows up where it is added.
+# Two workers (pytest-xdist), one per core of a laptop or CI's 2-core machine; each test file
+# runs whole in one worker (--dist loadfile), so a file's shared fixtures are built once.
 test: $(BIN)/.installed-test
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra --durations=15 -n 2 --dist loadfile
 
 # The web app on the synthetic demo run (trained first, about a minute; reused after that):
 # http://127.0.0.1:8501. With your own run: .venv/bin/python -m deepfake_detector app --run RUN

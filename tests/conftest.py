@@ -20,7 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (`make test` runs two workers, one per core) each worker computes on one
+# thread: two threads each would only wait for each other.
+IN_XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+torch.set_num_threads(1 if IN_XDIST_WORKER else max(1, min(2, os.cpu_count() or 1)))
 
 # The CIFAKE sample beside the checkout, or the folder (holding real/ and fake/) that the
 # environment variable DEEPFAKE_DETECTOR_CIFAKE_DIR names (as the benchmarks read it).
@@ -153,6 +156,8 @@ def pytest_collection_finish(session):
     test_notebook.py run beside it (on two cores, the suite alone leaves one mostly idle)."""
     if session.config.option.collectonly:
         return
+    if IN_XDIST_WORKER:  # every worker collects every test: the one that runs test_notebook.py
+        return           # starts the execution when its first test asks for it (--dist loadfile)
     if any("notebook_run_twice" in getattr(item, "fixturenames", ()) for item in session.items):
         start_notebook_run()
 
