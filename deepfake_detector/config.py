@@ -64,27 +64,25 @@ def image_size(text: str) -> int:
     return value
 
 
-def seed_number(text: str) -> int:
-    """argparse type for every --seed: a whole number from 0 to 2**32 - 1."""
+def whole_number_in(text: str, low: int, high: int, what: str) -> int:
+    """`text` as a whole number from `low` to `high`, or argparse's error saying `what` it is."""
     try:
         value = int(text)
     except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED} "
-                                         f"(2**32 - 1); got {text!r}")
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be {what} from {low} to {high}; got {text!r}")
     return value
+
+
+def seed_number(text: str) -> int:
+    """argparse type for every --seed: a whole number from 0 to 2**32 - 1."""
+    return whole_number_in(text, 0, MAX_SEED, "a whole number")
 
 
 def port_number(text: str) -> int:
     """argparse type for --port: a TCP port, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535; got {text!r}")
-    return value
+    return whole_number_in(text, 1, 65535, "a port number")
 
 
 def positive_float_or_find(text: str) -> float | str:
