@@ -65,14 +65,18 @@ def raw_dataset(tmp_path) -> Path:
     return make_raw_dataset(tmp_path / "dataset_raw")
 
 
+def make_split(root: Path, n_per_class: int) -> Path:
+    """root/raw with n_per_class images per class, split 80/20 (seed 0) into root/data."""
+    from deepfake_detector.split import split_dataset
+    raw = make_raw_dataset(root / "raw", n_real=n_per_class, n_fake=n_per_class)
+    split_dataset(raw, root / "data", seed=0)
+    return root / "data"
+
+
 @pytest.fixture(scope="session")
 def split_data(tmp_path_factory) -> Path:
     """A split of 40 real + 40 fake images (32 + 32 train, 8 + 8 val), shared by read-only tests."""
-    from deepfake_detector.split import split_dataset
-    root = tmp_path_factory.mktemp("split")
-    raw = make_raw_dataset(root / "raw", n_real=40, n_fake=40)
-    split_dataset(raw, root / "data", seed=0)
-    return root / "data"
+    return make_split(tmp_path_factory.mktemp("split"), 40)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import torch
 
 from deepfake_detector.cli import build_parser, main
 
-from conftest import make_raw_dataset
+from conftest import make_split
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
@@ -55,11 +55,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def tiny_split(tmp_path_factory) -> Path:
     """5 real + 5 fake images of 32 px: 4 + 4 train, 1 + 1 val."""
-    from deepfake_detector.split import split_dataset
-    root = tmp_path_factory.mktemp("tiny")
-    raw = make_raw_dataset(root / "raw", n_real=5, n_fake=5)
-    split_dataset(raw, root / "data", seed=0)
-    return root / "data"
+    return make_split(tmp_path_factory.mktemp("tiny"), 5)
 
 
 def no_work(monkeypatch) -> None:
