@@ -267,7 +267,7 @@ class UploadBox(_Displayable, _CamView):
         self.picture.value = array_png(side_by_side(image, cam))
         self.shown = {"name": safe_name, "probability": probability, "verdict": verdict,
                       "threshold": self.threshold, "cam": cam, **self.trust_shown()}
-        unlike = " (NOT LIKE THE TRAINING DATA: the verdict means little)" \
+        unlike = " (NOT LIKE THE TRAINING DATA: see below)" \
             if self.trust.unlike_training else ""
         self.caption.value = (f"<p><b>{html.escape(safe_name)}</b>: P(fake) = {probability:.3f}; "
                               f"verdict at threshold {self.threshold:.3f}: <b>{verdict}</b>{unlike}. "
