@@ -26,12 +26,13 @@ $(BIN)/.installed-app: $(BIN)/.installed
 
 install: $(BIN)/.installed
 
-# The demo uses ImageNet weights when they can be had and random init otherwise, and says which
-# in large letters (your own runs always name their weights). The head's default recipe converges
-# on either (early stopping, not the epoch budget, ends training), so the demo needs no override.
+# The demo is Run All on the notebook's defaults, the same notebook `make lab` opens, so the two
+# cannot disagree. WEIGHTS = "imagenet-or-none": ImageNet weights when they can be had, random
+# init otherwise, said in large letters (your own runs always name their weights). The head's
+# default recipe converges on either (early stopping, not the epoch budget, ends training). It
+# prints a line per notebook section as it runs, then a summary read from the run's files.
 demo: $(BIN)/.installed
-	$(BIN)/python -m deepfake_detector notebook --parameter WEIGHTS '"imagenet-or-none"' \
-		--parameter EXERCISES False
+	$(BIN)/python -m deepfake_detector notebook
 
 # --durations=15: the 15 slowest tests, so that a slow new one shows up where it is added.
 # Two workers (pytest-xdist), one per core of a laptop or CI's 2-core machine; each test file
@@ -45,7 +46,17 @@ app: $(BIN)/.installed-app
 	$(BIN)/python -m deepfake_detector app --demo
 
 # JupyterLab with ipywidgets: the threshold slider, image browser and upload box work live.
+# In a git clone it first installs nbstripout as the git filter that .gitattributes names (git
+# config of this clone only): autosaved outputs and execution counts never reach `git diff` or
+# a commit; cell ids are kept. Undo: .venv/bin/nbstripout --uninstall
 lab: $(BIN)/.installed
+	@if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$$(pwd -P)" ]; then \
+		PY="$$(cd $(BIN) && pwd -P)/python"; \
+		$(BIN)/nbstripout --install --attributes .gitattributes && \
+		git config filter.nbstripout.clean "\"$$PY\" -m nbstripout --keep-id" && \
+		git config diff.ipynb.textconv "\"$$PY\" -m nbstripout --keep-id -t" || \
+		echo "note: nbstripout's git filter was not installed: commit the notebook without outputs by hand"; \
+	fi
 	$(BIN)/jupyter lab notebooks/deepfake_detector.ipynb
 
 benchmark: $(BIN)/.installed

@@ -7,7 +7,8 @@ Measured both ways on the data at hand, and printed side by side:
      test images.
 
 For each: the AUROC of the OOD score (the other domain against the run's own test images, and
-against its val images), the share of the run's own val and test images flagged (target <= 5 %),
+against its val images), the share of the run's own val and test images flagged (target <= 5 %)
+and of the train images it was fitted on (in-sample: see ood.py),
 and the share of the other domain flagged by the score, by the size check, and by either.
 Everything goes through predict's own path (inference.iter_predictions): the scores are the ones
 a user gets.
@@ -86,6 +87,7 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 def direction(name: str, run: Path, data: Path, other: list[Path]) -> dict:
     start = time.perf_counter()
     val, test, far = scored(run, [data / "val"]), scored(run, [data / "test"]), scored(run, other)
+    train = scored(run, [data / "train"])
     return {"direction": name,
             "images (own val / own test / other)": f"{len(val['ood_score'])} / "
                                                    f"{len(test['ood_score'])} / "
@@ -95,6 +97,7 @@ def direction(name: str, run: Path, data: Path, other: list[Path]) -> dict:
             "own val flagged (OOD score)": val["ood_flag"].mean(),
             "own test flagged (OOD score)": test["ood_flag"].mean(),
             "own test flagged (score or size)": test["unlike_training"].mean(),
+            "own train flagged (OOD score)": train["ood_flag"].mean(),
             "other flagged (OOD score)": far["ood_flag"].mean(),
             "other flagged (size)": far["size_flag"].mean(),
             "other flagged (score or size)": far["unlike_training"].mean(),

@@ -23,7 +23,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from deepfake_detector import uploads
+from deepfake_detector import app_video, uploads
 from deepfake_detector.gradcam import heatmap
 from deepfake_detector.inference import load_run
 from deepfake_detector.model import IMAGENET_FILE, torch_checkpoint_dir
@@ -112,7 +112,9 @@ def sidebar(card: dict) -> None:
                   f"**Weights** {weights.get('weights', '?')} "
                   f"({'pretrained' if weights.get('pretrained') else 'random init'})  \n"
                   f"**Threshold** {card['threshold']:.3f}, {card['threshold_source']}  \n"
-                  f"**Image size** {card['img_size']} x {card['img_size']} px  \n"
+                  + (f"**Video threshold** {card['video_threshold']:.3f}, chosen on the "
+                     "validation videos  \n" if card.get("video_threshold") is not None else "")
+                  + f"**Image size** {card['img_size']} x {card['img_size']} px  \n"
                   f"**Trained** {card['trained_at'] or 'unknown'}"
                   + (f", best epoch {card['best_epoch']}" if card["best_epoch"] else ""))
     note = weights_note(card)
@@ -258,7 +260,7 @@ def main() -> None:
     st.title("Real or fake?")
     banners(card)
     st.caption(f"Up to {uploads.MAX_UPLOAD_MB} MB and {uploads.MAX_PIXELS / 1e6:g} megapixels per "
-               "file. Uploads stay in this server's memory, are never written to disk, and are "
+               "file. Images stay in this server's memory, are never written to disk, and are "
                "forgotten when you remove them or close the page. The app makes no network call.")
     files = st.file_uploader("Images (JPEG, PNG, WebP, BMP, TIFF, GIF)", type=uploads.UPLOAD_TYPES,
                              accept_multiple_files=True, max_upload_size=uploads.MAX_UPLOAD_MB,
@@ -288,6 +290,8 @@ def main() -> None:
         if n:  # the first result starts right under the upload box, to be seen without scrolling
             st.divider()
         show(explained[f.file_id], f.file_id)
+    # One short clip, under the images' results (app_video.py)
+    app_video.video_section(model, checkpoint, run_dir)
 
 
 main()

@@ -4,6 +4,7 @@
     python -m deepfake_detector train    --data data --out outputs/runs/r1 --weights imagenet
     python -m deepfake_detector evaluate --run outputs/runs/r1 --data data
     python -m deepfake_detector predict  --run outputs/runs/r1 image.jpg folder/ --out preds.json
+    python -m deepfake_detector predict  --run outputs/runs/r1 clip.mp4 --timeline t/  (a row per video)
     python -m deepfake_detector gradcam  --run outputs/runs/r1 --images data/val --out outputs/cam
     python -m deepfake_detector audit      --data data
     python -m deepfake_detector robustness --run outputs/runs/r1 --data data --split val
@@ -12,6 +13,9 @@
     python -m deepfake_detector lr-find    --data data --weights imagenet --out outputs/lr_find
     python -m deepfake_detector app        --run outputs/runs/r1   (needs the [app] extra)
     python -m deepfake_detector extract    --data data --weights imagenet   (fills the feature cache)
+    python -m deepfake_detector frames     --videos videos --out frames_raw   (videos -> frames/faces)
+    python -m deepfake_detector report     --run outputs/runs/r1   (rebuilds its report.md)
+    python -m deepfake_detector compare    outputs/runs/a outputs/runs/b --data data  (also: runs)
 
 Under torchrun (predict, evaluate, extract, train), put `--` before the command:
     torchrun --nproc_per_node=4 -m deepfake_detector -- predict --run outputs/runs/r1 folder/ --out p.csv
@@ -29,8 +33,12 @@ from pathlib import Path
 
 from .config import (PRECISIONS, TrainConfig, image_size,  # noqa: F401 (re-exported)
                      port_number, positive_float_or_find, positive_int, seed_number)
+from .cli_clip import add_video_options
+from .cli_compare import add_compare, add_runs, add_train_seeds
+from .cli_report import add_report
+from .cli_video import add_demo_videos, add_frames
 from .huge_pages import prefer_huge_pages
-from .serve import MissingExtraError
+from .extras import MissingExtraError
 from .terminal import (HelpFormatter, command_line_words, interrupted_message, metrics_summary,
                        plain_warnings, program_name)
 
@@ -350,10 +358,10 @@ def add_notebook(commands):
 
 
 def run_notebook(args):
-    from .notebook import execute_notebook
+    from .notebook import execute_notebook, run_summary
     out = execute_notebook(args.notebook, args.out, dict(args.parameter), args.timeout,
-                           cwd=args.cwd)
-    print(f"executed notebook and its artefacts: {out}")
+                           cwd=args.cwd, echo=lambda line: print(line, flush=True))
+    print(run_summary(out))  # banners, metrics with CIs, convergence, audit, report.md
     return out
 
 
@@ -464,7 +472,9 @@ def run_app(args):
 
 COMMANDS = (add_split, add_train, add_lr_find, add_evaluate, add_predict, add_gradcam,
             add_demo_data, add_notebook, add_audit, add_robustness, add_cross_eval, add_finetune,
-            add_app, add_extract)
+            add_app, add_extract, add_report, add_frames, add_demo_videos,
+            add_compare, add_runs, add_train_seeds,  # --seeds onto train (cli_compare.py)
+            add_video_options)  # last: it adds videos to predict and gradcam (cli_clip.py)
 # The commands that split their work among torchrun's processes (distributed.py).
 DISTRIBUTED_COMMANDS = ("predict", "evaluate", "extract", "train")
 

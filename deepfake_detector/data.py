@@ -87,14 +87,17 @@ def open_image(source, target_size: int | None = None) -> Image.Image:
     return open_rgb(source, target_size)
 
 
-def try_open_image(path: str | os.PathLike,
-                   target_size: int | None = None) -> tuple[Image.Image | None, str | None]:
+def try_open_image(path: str | os.PathLike, target_size: int | None = None,
+                   with_size: bool = False) -> tuple[Image.Image | None, str | None]:
     """(RGB image, None), or (None, why not) in split.check_image's words and by its rules:
-    the file is checked and decoded in the one read, so unreadable files are skipped on the way."""
+    the file is checked and decoded in the one read, so unreadable files are skipped on the way.
+    `with_size`: a third item, the file's native (width, height) from the decode (None when
+    unreadable): what its header says, even where a JPEG was decoded at reduced size."""
     try:
-        return decode_image(path, target_size=target_size)[0], None
+        image, facts = decode_image(path, target_size=target_size)
     except ImageLoadError as error:
-        return None, str(error)
+        return (None, str(error), None) if with_size else (None, str(error))
+    return (image, None, (facts["width"], facts["height"])) if with_size else (image, None)
 
 
 def try_decode_image(data: bytes,
@@ -257,15 +260,18 @@ class ImageDataset(Dataset):
     `items` listed as a distributed.Listing (with each file's size and modification time when it
     was listed): a file that changed or vanished since is not used (checked before and after its
     read), skipped with that reason, or with skip_unreadable off, an ImageLoadError naming it.
+    `with_size`: each good sample also carries the file's native (width, height), known from the
+    decode (no second read of its header); `collate` batches them as a (N, 2) tensor, last.
     """
 
     def __init__(self, items: list[tuple[Path, int]], transform, skip_unreadable: bool = False,
-                 decode_size: int | None = None):
+                 decode_size: int | None = None, with_size: bool = False):
         self.items = [(Path(path), int(label)) for path, label in items]
         self.transform = transform
         self.skip_unreadable = skip_unreadable
         self.decode_size = decode_size  # decode a large JPEG at reduced size for this side
         self.stamps = getattr(items, "stamps", None)  # (size, mtime) as listed (Listing)
+        self.with_size = with_size
 
     def __len__(self) -> int:
         return len(self.items)
@@ -275,7 +281,12 @@ class ImageDataset(Dataset):
         stamp = None if self.stamps is None else self.stamps[index]
         changed = changed_since_listed(path, stamp)
         if changed is None:
-            if self.skip_unreadable:
+            if self.with_size:
+                image, reason, size = try_open_image(path, self.decode_size, True)
+                if image is None and not self.skip_unreadable:
+                    open_image(path, self.decode_size)  # raises, naming the file
+                    raise ImageLoadError(f"Cannot read image {path}: {reason}.")
+            elif self.skip_unreadable:
                 image, reason = try_open_image(path, self.decode_size)
             else:
                 image, reason = open_image(path, self.decode_size), None
@@ -286,7 +297,7 @@ class ImageDataset(Dataset):
             return None, changed, index
         if image is None:
             return None, reason, index
-        return self.transform(image), label, index
+        return (self.transform(image), label, index) + ((size,) if self.with_size else ())
 
 
 def collate(samples):
@@ -295,24 +306,28 @@ def collate(samples):
     pixels cost more than they save, and far more while another process holds a core (a stall of
     up to a second per batch, measured on 2 busy cores). In a worker (one thread) default_collate
     stacks straight into shared memory, which saves a copy on the way to the main process.
-    Images of different sizes (handed over for a device resize) stay a list, in order."""
-    images, labels, indices = zip(*samples)
+    Images of different sizes (handed over for a device resize) stay a list, in order.
+    Samples that carry native sizes (ImageDataset's with_size) add them, (N, 2), last."""
+    images, labels, indices, *sizes = zip(*samples)
+    sizes = (torch.tensor(sizes[0]).reshape(-1, 2),) if sizes else ()
     if len({tuple(image.shape) for image in images}) > 1:
-        return list(images), torch.tensor(labels), torch.tensor(indices)
+        return list(images), torch.tensor(labels), torch.tensor(indices), *sizes
     if get_worker_info() is not None:
-        return default_collate(samples)
+        return (*default_collate([sample[:3] for sample in samples]), *sizes)
     return (torch.from_numpy(np.stack([image.numpy() for image in images])),
-            torch.tensor(labels), torch.tensor(indices))
+            torch.tensor(labels), torch.tensor(indices), *sizes)
 
 
 def collate_skipping(samples):
-    """(images, labels, indices, [(index, reason) of the files that could not be read])."""
-    failed = [(index, reason) for image, reason, index in samples if image is None]
+    """(images, labels, indices, [(index, reason) of the files that could not be read]), and the
+    native sizes after them when the samples carry them."""
+    failed = [(sample[2], sample[1]) for sample in samples if sample[0] is None]
     good = [sample for sample in samples if sample[0] is not None]
     if not good:
         empty = torch.empty(0, dtype=torch.long)
         return torch.empty(0), empty, empty, failed
-    return (*collate(good), failed)
+    batch = collate(good)
+    return (*batch[:3], failed, *batch[3:])
 
 
 def default_num_workers(device: torch.device | str = "cpu") -> int:
@@ -335,13 +350,15 @@ def default_num_workers(device: torch.device | str = "cpu") -> int:
 def make_loader(items, transform, batch_size: int = 32, sampler=None,
                 generator: torch.Generator | None = None, num_workers: int | None = None,
                 device: torch.device | str = "cpu", skip_unreadable: bool = False,
-                decode_size: int | None = None) -> DataLoader:
+                decode_size: int | None = None, with_size: bool = False) -> DataLoader:
     """Batches of (images, labels, indices) in `sampler` order (default: as listed); with
-    skip_unreadable, (images, labels, indices, failures) as `collate_skipping` makes them.
+    skip_unreadable, (images, labels, indices, failures) as `collate_skipping` makes them;
+    `with_size`: then the images' native sizes (N, 2), read in the decode (ImageDataset).
     `decode_size`: large JPEGs are decoded at reduced size for a resize to it (decode_size())."""
     num_workers = default_num_workers(device) if num_workers is None else num_workers
     return DataLoader(
-        ImageDataset(items, transform, skip_unreadable, decode_size), batch_size=batch_size,
+        ImageDataset(items, transform, skip_unreadable, decode_size, with_size),
+        batch_size=batch_size,
         sampler=sampler,
         generator=generator, num_workers=num_workers,
         collate_fn=collate_skipping if skip_unreadable else collate,

@@ -43,6 +43,8 @@ class ExplainOptions:
     per_outcome    the contact sheet's examples per outcome, the most confident ones, or
     sheet_paths    the images it shows instead
     deterministic_kernels    torch's and cuDNN's deterministic kernels (determinism.py)
+    flags          the run's flags (RANDOM INIT, SYNTHETIC DATA) in the contact sheet's footer
+                   (default: those of the run out_dir lies in, run_flags.flags_of_path)
     """
     layer: nn.Module | None = None
     device: torch.device | str | None = None
@@ -52,6 +54,7 @@ class ExplainOptions:
     per_outcome: int = 3
     sheet_paths: Sequence | None = None
     deterministic_kernels: bool = False
+    flags: Sequence[str] | None = None
 
 
 @locks_folders(lambda a: (a["out_dir"],))  # one writer per folder (folder_lock.py)
@@ -108,7 +111,8 @@ def explain_images(model: nn.Module, image_paths: Sequence, out_dir, prep: Prepr
         if not files.rows:
             files.save(complete=False)
             raise ValueError(f"None of the {len(paths)} images could be read; see the list above.")
-        extra = {"contact_sheet": files.contact_sheet(options.colormap, options.image_weight)}
+        extra = {"contact_sheet": files.contact_sheet(  # masks (synthetic fakes) outlined
+            options.colormap, options.image_weight, dict(zip(paths, mask_paths)), options.flags)}
         localisation = files.localisation(paths, mask_paths)
         if localisation is not None:
             extra["localisation"] = localisation
@@ -241,6 +245,7 @@ def explain_run(run_dir, images: Sequence, out_dir, target: str = "predicted", m
     `numerics`: the maps' precision (fp32 by default, whatever the run trained in: within 1e-5 of
     pytorch-grad-cam; None: the run's) and whether kernels are deterministic."""
     from .inference import load_run
+    from .run_flags import flags_of_run
     model, checkpoint = load_run(run_dir, device)
     files, labels = labelled_images(images)
     if not files:
@@ -252,4 +257,5 @@ def explain_run(run_dir, images: Sequence, out_dir, target: str = "predicted", m
     return explain_images(model, files, out_dir, numerics.preprocessing(checkpoint), labels=labels,
                           target=target, batch_size=batch_size, max_images=max_images,
                           mask_paths=mask_paths, options=ExplainOptions(
-                              deterministic_kernels=numerics.deterministic_kernels))
+                              deterministic_kernels=numerics.deterministic_kernels,
+                              flags=flags_of_run(run_dir)))  # the footer, wherever out_dir is

@@ -198,6 +198,28 @@ def extract_features(model, items, prep: Preprocessing, augmentation=None, batch
     return features if features is not None else torch.empty(0, 512)
 
 
+def layer_statistics(model, paths, prep: Preprocessing, batch_size: int = 64,
+                     num_workers: int | None = None) -> dict:
+    """The OOD score's features of each of `paths` ({module: (N, d) array}, ood.CapturedFeatures),
+    in order, from one forward pass made as extract_features (and predict) make theirs: what
+    training fits the OOD score's layers on (ood.fit_for_run). In this process alone."""
+    from .ood import CapturedFeatures
+    device = next(model.parameters()).device
+    resize = resolve_resize(prep.resize, device)
+    loader = make_loader([(path, -1) for path in paths], pixel_transform(prep.img_size, resize),
+                         batch_size, num_workers=num_workers, device=device,
+                         decode_size=prep.decode_size)
+    on_device = prep.img_size if resize == "device" else None
+    parts = []
+    with inference_pass(model, device, prep.precision), CapturedFeatures(model) as captured:
+        for images, _, _ in tqdm(decoded_ahead(loader), total=len(loader), desc="OOD layers",
+                                 unit="batch", leave=False):
+            backbone_features(model, normalize_batch(images, prep.mean, prep.std, device,
+                                                     on_device))
+            parts.append({name: value.cpu() for name, value in captured.pop().items()})
+    return {name: torch.cat([part[name] for part in parts]).numpy() for name in parts[0]}
+
+
 def files_digest(items) -> str:
     """SHA-256 over every file's bytes, its label and its position: the data half of the key."""
     digest = hashlib.sha256()

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from .run_flags import flag_note, flags_of_path
+
 # Readable when a figure is shrunk to one column of a two-column paper.
 PAPER_STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
                "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
                "figure.dpi": 100, "savefig.bbox": "tight"}
 FIGURE_FORMATS = ("png", "pdf")  # a raster to look at, a vector file for the paper
 FILE_ONLY_BACKENDS = ("agg", "pdf", "svg", "ps", "cairo", "pgf", "template")
+FLAG_FOOTER_ID, FLAG_COLOUR = "run-flags", "#A00000"  # the footer's text: its id, its colour
 
 
 def paper_style(function=None):
@@ -39,10 +42,13 @@ def paper_style(function=None):
     return styled
 
 
-def save_figure(fig, path_stem: str | Path, formats=FIGURE_FORMATS, dpi: int = 300) -> list[Path]:
+def save_figure(fig, path_stem: str | Path, formats=FIGURE_FORMATS, dpi: int = 300,
+                flags: list[str] | None = None) -> list[Path]:
     """Save `fig` as path_stem.png and path_stem.pdf (300 dpi); returns the written paths.
-    The figure stays open, so the notebook can still show it inline."""
+    The figure stays open, so the notebook can still show it inline. `flags` (default: those of
+    the run the file is written into, run_flags.flags_of_path) go into a footer (stamp_flags)."""
     stem = Path(path_stem)
+    stamp_flags(fig, flags_of_path(stem) if flags is None else flags)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
@@ -50,6 +56,15 @@ def save_figure(fig, path_stem: str | Path, formats=FIGURE_FORMATS, dpi: int = 3
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
         written.append(path)
     return written
+
+
+def stamp_flags(fig, flags: list[str]) -> None:
+    """A small footer under the figure naming the run's flags (RANDOM INIT, SYNTHETIC DATA), one a
+    line, so a figure copied into a slide or a paper still says what it shows; once per figure."""
+    if not flags or any(text.get_gid() == FLAG_FOOTER_ID for text in fig.texts):
+        return
+    fig.text(0.5, 0.0, flag_note(flags, "\n"), ha="center", va="top", fontsize=6.5,
+             fontweight="bold", color=FLAG_COLOUR, gid=FLAG_FOOTER_ID, linespacing=1.3)
 
 
 def drawing_processes(n_figures: int) -> int:
@@ -115,8 +130,11 @@ def _draw_and_save(jobs) -> None:
 
 
 @paper_style
-def image_grid(images, titles=None, title_colors=None, ncols: int = 8, cell_inches: float = 1.5):
-    """A grid of uint8 (H, W, 3) images with a caption each: the pictures the notebook shows."""
+def image_grid(images, titles=None, title_colors=None, ncols: int = 8, cell_inches: float = 1.5,
+               colour_scale=None, scale_label: str = ""):
+    """A grid of uint8 (H, W, 3) images with a caption each: the pictures the notebook shows.
+    Heat maps among them: pass their `colour_scale` (a ScalarMappable, such as
+    gradcam_files.colour_scale()) and it gets a colour bar, labelled `scale_label`."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_inches, nrows * cell_inches * 1.15),
@@ -129,4 +147,8 @@ def image_grid(images, titles=None, title_colors=None, ncols: int = 8, cell_inch
                 ax.set_title(titles[i], fontsize=8,
                              color=title_colors[i] if title_colors is not None else "black")
     fig.tight_layout()
+    if colour_scale is not None:
+        bar = fig.colorbar(colour_scale, ax=axes, shrink=0.8, aspect=30, pad=0.01)
+        bar.set_label(scale_label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     return fig

@@ -1,6 +1,8 @@
 """What a Grad-CAM call over many images writes, apart from computing the maps (gradcam.py):
 
-    overlays/{tp,tn,fp,fn}/NAME__p0.973.png   one per image, names made unique
+    overlays/{tp,tn,fp,fn}/NAME__p0.973.png   one per image, names made unique, at its own size
+    overlays_upscaled/{tp,...}/NAME__p0.973.png  images under 128 px only: the same overlay
+                                               enlarged with nearest-neighbour, for viewing
     raw_cams.npy, index.csv                    the maps before scaling, and one row per image
     contact_sheet.png/.pdf                     the most confident examples per outcome (a heap)
     summary.json, faithfulness.json            counts, paths, skipped files, localisation scores
@@ -26,6 +28,9 @@ from .figures import paper_style
 from .files import atomic_write, write_json
 from .gradcam import (OUTCOMES, OVERLAY_MAX_SIDE, UNLABELLED_OUTCOMES, heatmap, load_mask,
                       localisation_scores, outcome_of, overlay, scale_cams)
+
+UPSCALED_DIR = "overlays_upscaled"  # the overlays of small images, enlarged for viewing
+SMALL_SIDE, UPSCALED_SIDE = 128, 256  # under SMALL_SIDE px on the long side: enlarged to ~256
 
 
 class CamFiles:
@@ -65,11 +70,12 @@ class CamFiles:
         overlay_path = self.out_dir / "overlays" / outcome / f"{name}.png"
         overlay_path.parent.mkdir(parents=True, exist_ok=True)
         # PIL, not cv2.imwrite: the array is RGB, and PIL writes RGB as it is.
-        atomic_write(overlay_path, lambda f: Image.fromarray(
-            overlay(shown, cam, colormap, image_weight)).save(f, format="PNG"), binary=True)
+        picture = Image.fromarray(overlay(shown, cam, colormap, image_weight))
+        atomic_write(overlay_path, lambda f: picture.save(f, format="PNG"), binary=True)
+        upscaled = save_upscaled(picture, self.out_dir / UPSCALED_DIR / outcome / f"{name}.png")
         row = {"index": len(self.rows), "path": str(path), "label": label_name(label),
                "probability": probability, "logit": logit, "target": target, "outcome": outcome,
-               "overlay": str(overlay_path)}
+               "overlay": str(overlay_path), "overlay_upscaled": str(upscaled or "")}
         self.rows.append(row)
         self.raw_cams.append(raw_cam)
         add_to_sheet(self.best, row, raw_cam, self.sheet_paths, self.per_outcome)
@@ -92,16 +98,24 @@ class CamFiles:
             atomic_write(out_dir / "index.csv", lambda f: write_csv_rows(f, rows))
         atomic_write(out_dir / "summary.json",
                      lambda f: f.write(json.dumps(summary, indent=2) + "\n"))
+        if complete:
+            refresh_run_report(out_dir)
         return summary
 
-    def contact_sheet(self, colormap: int, image_weight: float) -> list[str]:
-        """contact_sheet.png/.pdf of the kept examples, most confident first per outcome."""
+    def contact_sheet(self, colormap: int, image_weight: float, mask_of: dict | None = None,
+                      flags: Sequence[str] | None = None) -> list[str]:
+        """contact_sheet.png/.pdf of the kept examples, most confident first per outcome;
+        `mask_of` ({image path: mask path or None}): the masks outlined on their images; `flags`:
+        the run's, in the footer (default: figures.save_figure finds them)."""
         from .figures import plt, save_figure
         examples = [e for o in OUTCOMES + UNLABELLED_OUTCOMES
                     for _, _, e in sorted(self.best.get(o, []), reverse=True)]
+        masks = {str(p): m for p, m in (mask_of or {}).items()}
+        examples = [{**e, "mask": masks.get(str(e["path"]))} for e in examples]
         fig = plot_contact_sheet(examples, colormap, image_weight,
                                  title=f"Grad-CAM (target: {self.target_name})")
-        sheet = save_figure(fig, self.out_dir / "contact_sheet")
+        sheet = save_figure(fig, self.out_dir / "contact_sheet",
+                            flags=None if flags is None else list(flags))
         plt.close(fig)
         return [str(p) for p in sheet]
 
@@ -136,37 +150,91 @@ def label_name(label) -> str:
 @paper_style
 def plot_contact_sheet(examples: Sequence[dict], colormap: int = cv2.COLORMAP_JET,
                        image_weight: float = 0.5, title: str | None = None):
-    """A grid for a paper: one row per outcome, and for each example image | heatmap | overlay.
+    """A grid for a paper: one row per outcome, and for each example image | heatmap | overlay,
+    with one colour scale for every heat map.
 
-    `examples`: dicts with path, label, probability, outcome, target (the side the map explains)
-    and either cam (any size) or raw_cam.
+    `examples`: dicts with path, label, probability, outcome, target (the side the map explains),
+    either cam (any size) or raw_cam, and optionally mask (a mask file: outlined in white).
     Rows follow OUTCOMES order; within a row, examples as given (pass them most confident first).
     """
     from .figures import plt
     rows = [o for o in OUTCOMES + UNLABELLED_OUTCOMES if any(e["outcome"] == o for e in examples)]
     per_row = max((sum(e["outcome"] == o for e in examples) for o in rows), default=1)
-    fig, axes = plt.subplots(max(len(rows), 1), 3 * per_row, squeeze=False,
-                             figsize=(3 * per_row * 1.45, max(len(rows), 1) * 1.75))
+    # constrained layout: each panel's two-line caption gets its own room above its row
+    fig, axes = plt.subplots(max(len(rows), 1), 3 * per_row, squeeze=False, layout="constrained",
+                             figsize=(3 * per_row * 1.45 + 0.8, max(len(rows), 1) * 1.9 + 0.4))
     for ax in axes.flat:
         ax.axis("off")
     for r, outcome in enumerate(rows):
         for c, example in enumerate(e for e in examples if e["outcome"] == outcome):
-            image = thumbnail(open_image(example["path"]))
-            cam = example["cam"] if "cam" in example else scale_cams(example["raw_cam"][None],
-                                                                     image.shape[:2])[0]
-            cam = cv2.resize(np.float32(cam), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
-            panels = (image, heatmap(cam, colormap), overlay(image, cam, colormap, image_weight))
-            captions = (f"{outcome.upper()}: {label_name(example['label'])}\n"
-                        f"P(fake) = {example['probability']:.3f}",
-                        f"Grad-CAM ({example.get('target', '?')})", Path(example["path"]).name[:22])
-            for k, (panel, caption) in enumerate(zip(panels, captions)):
-                ax = axes[r, 3 * c + k]
-                ax.imshow(panel)
-                ax.set_title(caption, fontsize=7)
+            draw_example(axes[r, 3 * c:3 * c + 3], example, colormap, image_weight)
+    colorbar = fig.colorbar(colour_scale(colormap), ax=axes, shrink=0.8, aspect=30, pad=0.01)
+    colorbar.set_label("Grad-CAM (0 = no evidence, 1 = strongest)", fontsize=7)
+    colorbar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
+
+
+def draw_example(axes, example: dict, colormap: int, image_weight: float) -> None:
+    """One example on three axes: the image, its heat map, the overlay (a mask outlined on the
+    image and the overlay). Pixels are shown as they are (nearest), never smoothed."""
+    image = thumbnail(open_image(example["path"]))
+    cam = example["cam"] if "cam" in example else scale_cams(example["raw_cam"][None],
+                                                             image.shape[:2])[0]
+    cam = cv2.resize(np.float32(cam), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    panels = (image, heatmap(cam, colormap), overlay(image, cam, colormap, image_weight))
+    captions = (f"{example['outcome'].upper()}: {label_name(example['label'])}\n"
+                f"P(fake) = {example['probability']:.3f}",
+                f"Grad-CAM\n({example.get('target', '?')})", Path(example["path"]).name[:22])
+    mask = load_mask(example["mask"], image.shape[:2]) if example.get("mask") else None
+    for k, (ax, panel, caption) in enumerate(zip(axes, panels, captions)):
+        ax.imshow(panel, interpolation="nearest")
+        ax.set_title(caption, fontsize=7)
+        if mask is not None and mask.any() and k != 1:
+            ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+
+
+def colour_scale(colormap: int = cv2.COLORMAP_JET):
+    """A matplotlib ScalarMappable with OpenCV's colour map (its 256 colours, RGB) over [0, 1]:
+    the colour bar of the heat maps that gradcam.heatmap draws."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+    colours = heatmap(np.linspace(0, 1, 256)[None], colormap)[0] / 255.0
+    return ScalarMappable(Normalize(0, 1), ListedColormap(colours))
+
+
+def save_upscaled(picture: Image.Image, path: Path) -> Path | None:
+    """A picture under SMALL_SIDE px also saved enlarged by a whole factor with nearest-neighbour
+    (each pixel a block: nothing invented, nothing smoothed), to about UPSCALED_SIDE px, for
+    viewing; larger pictures: nothing written, None. The raw maps (raw_cams.npy) are not touched."""
+    longest = max(picture.size)
+    if longest >= SMALL_SIDE:
+        return None
+    factor = -(-UPSCALED_SIDE // longest)
+    big = picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: big.save(f, format="PNG"), binary=True)
+    return path
+
+
+def refresh_run_report(out_dir: Path) -> None:
+    """Maps written into a run's gradcam/ folder belong in its report.md (report.py shows
+    gradcam/contact_sheet.png and faithfulness.json): rewritten here, under the run's lock. A run
+    busy with another command: a warning saying how to rebuild the report later."""
+    import warnings
+    from .folder_lock import FolderBusyError, folder_lock
+    from .report import write_report
+    from .run_flags import run_dir_of
+    run_dir = run_dir_of(out_dir / "summary.json")
+    if out_dir.name != "gradcam" or run_dir is None or run_dir != out_dir.absolute().parent:
+        return
+    try:
+        with folder_lock(run_dir):
+            write_report(run_dir)
+    except FolderBusyError as error:
+        warnings.warn(f"{run_dir / 'report.md'} not refreshed ({error}); once that command is "
+                      f"done, rebuild it: report --run {run_dir}", stacklevel=2)
 
 
 def thumbnail(image, longest_side: int = 320) -> np.ndarray:
@@ -205,6 +273,7 @@ def resume(out_dir: Path, fingerprint: str) -> tuple[list, list, list, int]:
         for row in rows:
             row.update(index=int(row["index"]), probability=float(row["probability"]),
                        logit=float(row["logit"]))
+            row.setdefault("overlay_upscaled", "")  # an index.csv from before that column
         if len(rows) != len(raw_cams) or len(rows) != summary["n_images"] \
                 or not all(Path(r["overlay"]).is_file() for r in rows):
             return [], [], [], 0

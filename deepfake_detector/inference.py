@@ -24,7 +24,7 @@ from .data import decoded_ahead, make_loader, normalize_batch, pixel_transform, 
 from .determinism import deterministic
 from .features import head_in_fp32, inference_pass, lagged
 from .images import warn_multi_frame
-from .ood import CapturedFeatures, assess_files
+from .ood import CapturedFeatures, assess
 from .manifest import recording
 from .preprocessing import Preprocessing, check_precision
 from .discovery import check_image, find_images
@@ -64,7 +64,8 @@ def iter_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
                        num_workers: int | None = None, desc: str = "predict",
                        failures: list | None = None, with_features: bool = False):
     """Yield (indices, P(fake)) a batch at a time, in the order of `items`; `with_features`:
-    (indices, P(fake), the backbone's (N, 512) features of the same pass), for the OOD score.
+    (indices, P(fake), the OOD score's features of the same pass (ood.CapturedFeatures' dict of
+    arrays), the images' native (width, height) (N, 2) as the decode read them).
 
     Only a batch of images is ever in memory (plus what the loader's workers prefetch). Unreadable
     files raise; given a `failures` list, they are skipped and (index, reason) appended to it.
@@ -81,7 +82,7 @@ def iter_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
     loader = make_loader(items, pixel_transform(prep.img_size, resize), batch_size,
                          sampler=distributed.my_share(len(items), batch_size),
                          num_workers=num_workers, device=device, skip_unreadable=skip_unreadable,
-                         decode_size=prep.decode_size)
+                         decode_size=prep.decode_size, with_size=with_features)
 
     def batches():
         for batch in tqdm(decoded_ahead(loader), total=len(loader), desc=desc, unit="batch",
@@ -89,19 +90,27 @@ def iter_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
             images, _, indices = batch[:3]
             if skip_unreadable:
                 failures.extend(batch[3])
+            sizes = batch[-1] if with_features else None  # the native sizes come last
             if len(indices):
                 x = normalize_batch(images, prep.mean, prep.std, device, on_device)
                 # fp32: the model's own forward (a notebook's model may define its own); mixed
                 # precision: the head in fp32, as in training (features.head_in_fp32)
                 logits = model(x).float() if prep.precision == "fp32" else head_in_fp32(model, x)
                 yield (indices, torch.sigmoid(logits).squeeze(1),
-                       *([captured.pop().float()] if with_features else []))
+                       *([captured.pop(), sizes] if with_features else []))
 
     with inference_pass(model, device, prep.precision), \
             CapturedFeatures(model, with_features) as captured:
-        on_cpu = ((indices.numpy(), *(output.cpu().numpy() for output in outputs))
+        on_cpu = ((indices.numpy(), *map(to_numpy, outputs))
                   for indices, *outputs in lagged(batches(), device))
         yield from distributed.in_input_order(on_cpu, failures)
+
+
+def to_numpy(output):
+    """A tensor (or a dict of them) as NumPy arrays on the CPU."""
+    if isinstance(output, dict):
+        return {name: to_numpy(value) for name, value in output.items()}
+    return output.cpu().numpy()
 
 
 def stream_probabilities(model, items, prep: Preprocessing, batch_size: int = 64,
@@ -191,8 +200,8 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
     verdict at the run's `decision_threshold` (the one chosen on val). With `ood_columns`, also
     how far each image is from the training data (ood.py), from the features of the same pass:
     "ood_score", "ood_percentile" (among the run's validation images), "ood_flag" (beyond their
-    99th percentile), "size_flag" (native size far from the training images', from the header)
-    and "unlike_training" (either flag); all empty (None) for a run without OOD statistics.
+    99th percentile), "size_flag" (native size far from the training images', as the decode read
+    it) and "unlike_training" (either flag); all empty (None) for a run without OOD statistics.
 
     Each file is decoded once: checked and predicted in the same read. The unreadable are skipped
     and listed in one warning at the end (more than ten: the full list in `skipped_list`, by
@@ -212,8 +221,7 @@ def iter_predictions(run_dir, paths, batch_size: int = 64, device: str = "auto",
                 model, files.relabelled(lambda f: (f, -1)), prep, batch_size, num_workers,
                 failures=failures,
                 with_features=ood_columns):
-            trust = assess_files(checkpoint["ood"], features[0], [files[i] for i in indices]) \
-                if ood_columns else None
+            trust = assess(checkpoint["ood"], *features) if ood_columns else None
             for k, (i, p) in enumerate(zip(indices.tolist(), probabilities.tolist())):
                 n_predicted += 1
                 yield {"image_id": ids[i], "prediction": p,
@@ -321,9 +329,14 @@ def evaluate_run(run_dir, data_dir, split: str = "val", out_dir=None, batch_size
     metrics = compute_metrics(labels, probabilities, threshold=checkpoint.get("threshold", 0.5),
                               val_threshold=checkpoint.get("val_threshold"),
                               groups=split_groups(data_dir, items), n_bootstrap=n_bootstrap)
+    from .video_metrics import video_threshold, with_video_level  # videos' numbers first
+    metrics = with_video_level(metrics, data_dir, items, labels, probabilities,
+                               video_threshold(checkpoint), n_bootstrap=n_bootstrap)
     metrics.update({"data": str(data_dir), "split": split, "run": str(run_dir),
                     "weights": checkpoint["weights"], "precision": prep.precision,
                     "deterministic": bool(numerics.deterministic_kernels)})
+    from .run_flags import flag_record, flags_of_run  # RANDOM INIT / SYNTHETIC DATA, as the run's
+    metrics.update(flag_record(flags_of_run(run_dir)))
     # Into the run's manifest (and that of another run, if out is in one): what this wrote.
     # Written into a folder beside `out`, moved into place only once all of it is written.
     with recording(run_dir), recording(out), staged_folder(out) as staging:
@@ -376,6 +389,9 @@ def write_evaluation(run_dir: Path, data_dir: Path, out: Path, out_dir, split: s
     write_predictions(({"image_id": p.name, "prediction": float(q), "label": int(y), "path": str(p)}
                        for (p, y), q in zip(items, probabilities)), out / "predictions.csv")
     save_evaluation_figures(labels, probabilities, metrics, out, title_prefix=split.capitalize())
+    from .video_metrics import VIDEO_PREDICTIONS_CSV, write_video_predictions  # videos: a row each
+    write_video_predictions(out / VIDEO_PREDICTIONS_CSV, data_dir, items, labels, probabilities,
+                            metrics)
     trained_on = (read_run_config(run_dir, required=False) or {}).get("data_dir")
     own_test_split = split == "test" and trained_on and Path(trained_on).resolve() == data_dir.resolve()
     if own_test_split and out_dir is None:  # the held-out result belongs in the run's report

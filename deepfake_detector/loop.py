@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from .config import TrainConfig
-from .progress import tqdm
+from .progress import finish_early, tqdm
 
 CACHED_EPOCHS, PLAIN_EPOCHS = 500, 50   # the epoch budget when `epochs` is None
 
@@ -117,6 +117,8 @@ def fit(module, head, train_batches, val_batches, config: TrainConfig, pos_weigh
             if waited >= config.patience:
                 log(f"early stopping after epoch {epoch}: val loss has not improved by "
                     f"{config.min_delta} for {config.patience} epochs")
+                finish_early(progress, f"early stopping: no better val loss for "
+                                       f"{config.patience} epochs", epoch)  # a success, not a red bar
                 break
     head.load_state_dict(best_state)
     log(f"best epoch {best_epoch}: val loss {best_loss:.4f}, val accuracy "

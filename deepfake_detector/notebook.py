@@ -39,6 +39,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from traitlets.config import Config
 
 from .folder_lock import holds_anything, locks_folders
 from .manifest import RUN_MANIFEST, record_written
@@ -178,17 +179,66 @@ def cell_failure(error: Exception, index: int, cell, executed: Path) -> Exceptio
     return NotebookKernelDied(f"{where}: the kernel died ({one_line(error, 120)}). {partial}")
 
 
-def run_cells(client, notebook, executed: Path, passes: int) -> None:
+def run_cells(client, notebook, executed: Path, passes: int, echo=None) -> None:
     """Every cell, `passes` times, the executed copy saved after each; a failing cell raises
-    cell_failure's one-line error."""
-    for _ in range(passes):
+    cell_failure's one-line error. `echo` (e.g. print) gets a line as each section starts: the
+    time since the start and the heading above the code cell about to run (`section_lines`)."""
+    started = time.monotonic()
+    for number in range(passes):
+        if echo is not None and passes > 1:
+            echo(f"pass {number + 1} of {passes}")
+        announce = section_lines(notebook.cells)
         for index, cell in enumerate(notebook.cells):
+            if echo is not None and index in announce:
+                elapsed = int(time.monotonic() - started)
+                echo(f"{elapsed // 60:2d}:{elapsed % 60:02d}  {announce[index]}")
             try:
                 client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
             except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
                 raise cell_failure(error, index, cell, executed) from error
             finally:
                 _write(notebook, executed)
+
+
+HEADING = re.compile(r"^(#{1,6})\s+(.*?)[\s#]*$")
+BOLD_LEAD = re.compile(r"^\*\*(.+?)\*\*")
+
+
+def cell_heading(cell) -> tuple[int, str] | None:
+    """(level, text) of a markdown cell's last heading (outside code blocks), or of its bold
+    lead-in ("**Robustness.** The same metrics ...": level 4); None for any other cell."""
+    if cell.get("cell_type") != "markdown":
+        return None
+    found, fenced = None, False
+    lines = cell.get("source", "").splitlines()
+    for line in lines:
+        fenced = fenced != line.lstrip().startswith("```")
+        match = None if fenced else HEADING.match(line)
+        if match:
+            found = (len(match.group(1)), match.group(2))
+    if found is None:
+        first = next((line for line in lines if line.strip()), "")
+        bold = BOLD_LEAD.match(first.strip())
+        found = (4, bold.group(1).rstrip(".:")) if bold else None
+    if found is None:
+        return None
+    text = re.sub(r"\[([^]]*)\]\([^)]*\)", r"\1", found[1])  # [a link](url): its text
+    return found[0], one_line(text.replace("`", "").replace("**", ""), 100)
+
+
+def section_lines(cells) -> dict[int, str]:
+    """{index of a code cell: the line to print before it runs}: the heading that starts its
+    section, indented by level, for the first code cell under each heading (a heading with no
+    code under it is skipped)."""
+    lines, pending = {}, None
+    for index, cell in enumerate(cells):
+        heading = cell_heading(cell)
+        if heading is not None:
+            pending = heading
+        elif cell.get("cell_type") == "code" and pending is not None:
+            lines[index] = "  " * max(0, pending[0] - 2) + pending[1]
+            pending = None
+    return lines
 
 
 def _write(notebook, path: Path) -> None:
@@ -200,11 +250,13 @@ def _write(notebook, path: Path) -> None:
 @locks_folders(lambda a: (a["out_dir"],))  # one writer per folder (folder_lock.py)
 def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=None,
                      parameters: dict | None = None, timeout: int = 1800,
-                     cwd: str | Path | None = None, rerun: bool = False) -> Path:
+                     cwd: str | Path | None = None, rerun: bool = False, echo=None) -> Path:
     """Run every cell with `parameters` (name -> value: a Python object, or command-line text read
     by `parse_value`); returns the output folder, which holds the executed notebook (saved after
     every cell) and every artefact. rerun=True runs every code cell a second time in the same
-    kernel afterwards, as a user re-running cells would (the executed copy keeps the second run)."""
+    kernel afterwards, as a user re-running cells would (the executed copy keeps the second run).
+    echo (e.g. print): told where the run goes, then a line as each section starts (run_cells);
+    `run_summary(out_dir)` is what to say at the end."""
     notebook_path = Path(notebook_path)
     out_dir = Path(out_dir or f"outputs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     if out_dir.exists() and holds_anything(out_dir):  # (its lock aside)
@@ -219,7 +271,11 @@ def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=
     inject_parameters(notebook, {"OUTPUT_DIR": str(out_dir.resolve()), **values})
     executed = out_dir / notebook_path.with_suffix(".executed.ipynb").name
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd)}})
+                            resources={"metadata": {"path": str(cwd)}},
+                            config=kernel_manager_config())
+    if echo is not None:
+        echo(f"Running {notebook_path} headless; the executed copy, saved after every cell: "
+             f"{executed}")
     passes = 2 if rerun else 1
     client.reset_execution_trackers()
     try:
@@ -228,7 +284,7 @@ def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=
         with client.setup_kernel(env=kernel_env):  # as NotebookClient.execute, saving per cell
             info = client.wait_for_reply(client.kc.kernel_info())
             notebook.metadata["language_info"] = info["content"]["language_info"]
-            run_cells(client, notebook, executed, passes)
+            run_cells(client, notebook, executed, passes, echo)
             client.set_widgets_metadata()  # the widgets' last state, so viewers can draw them
             _write(notebook, executed)
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
@@ -237,6 +293,84 @@ def execute_notebook(notebook_path="notebooks/deepfake_detector.ipynb", out_dir=
             print(f"{type(error).__name__}: the executed notebook up to that cell is {executed}")
         raise
     return out_dir
+
+
+# --- the closing summary -------------------------------------------------------------------
+
+def _read_json(path: Path, problems: list):
+    """The parsed file; None (and a line in `problems`) when it is absent or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"no {path}")
+    except (OSError, ValueError) as error:
+        problems.append(f"{path} could not be read ({type(error).__name__}: {one_line(error, 80)})")
+    return None
+
+
+def weights_banner(config: dict) -> list[str]:
+    """RANDOM INIT in large letters when the run's backbone was not ImageNet-pretrained, and why."""
+    record = config.get("weights_record") or config.get("weights")
+    if not isinstance(record, dict) or record.get("pretrained") is not False:
+        return []
+    note = str(record.get("note", ""))
+    if "fell back" not in note:
+        return ["RANDOM INIT — NOT IMAGENET-PRETRAINED (chosen: WEIGHTS = 'none'): these numbers "
+                "say nothing about a pretrained ResNet-18."]
+    cache = re.search(r" into (\S+?)/? \(", note)
+    where = cache.group(1) if cache else "the torch cache ($TORCH_HOME/hub/checkpoints)"
+    return ["RANDOM INIT — NOT IMAGENET-PRETRAINED: the ImageNet weights could not be downloaded "
+            "(no internet?), so the demo fell back to random init; these numbers say nothing "
+            "about a pretrained ResNet-18.",
+            f"  For ImageNet weights: run once with internet, or put resnet18-f37072fd.pth into "
+            f"{where} (config.json, weights_record.note, says more)."]
+
+
+def run_summary(out_dir) -> str:
+    """What a headless run says at its end, read from the files the run wrote (OUT/run:
+    config.json, metrics_val.json, audit/audit.json, report.md), not from the notebook's output:
+    the RANDOM INIT and SYNTHETIC DATA banners, val accuracy and ROC-AUC with their CIs (rounded),
+    whether training converged, the data audit's finding, and where the report is."""
+    from .run_dir import AUDIT_DIR, METRICS_VAL_JSON, REPORT_MD, read_run_config
+    from .terminal import interval, rounded
+    out_dir = Path(out_dir)
+    run, problems = out_dir / "run", []
+    lines = [f"Summary of {out_dir} (from the run's files):"]
+    try:
+        config = read_run_config(run)
+    except (OSError, ValueError) as error:
+        return "\n".join(lines + [f"  no run to summarise: {one_line(error, 200)}",
+                                   f"  artefacts    {out_dir}"])
+    lines += weights_banner(config)
+    synthetic = config.get("synthetic_data")
+    if isinstance(synthetic, dict):
+        lines.append(f"SYNTHETIC DATA: trained and evaluated on the generated demo set "
+                     f"({synthetic.get('raw_dir')}, seed {synthetic.get('seed')}), not on real "
+                     "images; put yours in dataset_raw/real and dataset_raw/fake.")
+    metrics = _read_json(run / METRICS_VAL_JSON, problems) or {}
+    if metrics:
+        at_val = metrics.get("val_threshold")
+        lines.append(f"  val accuracy {rounded(metrics.get('accuracy'))}"
+                     f"{interval(metrics, 'accuracy')} at threshold "
+                     f"{metrics.get('threshold', 0.5):g}" + (
+                         f"; {rounded(metrics.get('accuracy_at_val_threshold'))} at the "
+                         f"threshold chosen on val, {at_val:.3f}" if at_val is not None else ""))
+        lines.append(f"  val ROC-AUC  {rounded(metrics.get('roc_auc'))}"
+                     f"{interval(metrics, 'roc_auc')}, on {metrics.get('n_images')} images")
+    converged = config.get("converged")
+    message = str(metrics.get("message") or f"best epoch {config.get('best_epoch')}")
+    lines.append(f"  converged    {'?' if converged is None else 'yes' if converged else 'NO'}: "
+                 f"{message.split(': ', 1)[-1]}")
+    audit = _read_json(run / AUDIT_DIR / "audit.json", problems)
+    flags = audit.get("flags") or [] if isinstance(audit, dict) else None
+    if flags is not None:
+        lines.append("  data audit   " + ("no flags" if not flags else f"{len(flags)} flag(s): "
+                     f"{one_line(flags[0], 200)}" + (" ..." if len(flags) > 1 else "")))
+    report = run / REPORT_MD
+    lines.append(f"  report       {report}" if report.is_file() else f"  report       none ({report})")
+    lines += [f"  note: {problem}" for problem in problems]
+    lines.append(f"  artefacts    {out_dir}")
+    return "\n".join(lines)
 
 
 # --- what the notebook made itself ---------------------------------------------------------
@@ -251,6 +385,18 @@ class NotebookStop(Exception):
 
 def made_by_notebook(folder) -> bool:
     return (Path(folder) / MARKER).is_file()
+
+
+def kernel_manager_config() -> Config:
+    """The kernel manager's settings: CurveZMQ encryption of the kernel's sockets wherever the
+    kernelspec declares it (ipykernel >= 7) and pyzmq has it (its wheels do). Without it ipykernel
+    logs "Kernel is running over TCP without encryption" on every start (true then, and still
+    said); with it the warning's cause is gone, not its message hidden."""
+    import zmq
+    from jupyter_client.manager import KernelManager
+    if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
+        return Config({"KernelManager": {"transport_encryption": "auto"}})
+    return Config()
 
 
 def headless_kernel_environment() -> dict:

@@ -17,7 +17,7 @@ from sklearn.metrics import (average_precision_score, confusion_matrix, precisio
 
 from . import CLASS_NAMES
 
-from .figures import paper_style, plt, save_figures
+from .figures import paper_style, plt, save_figures, stamp_flags
 from .metrics import (ECE_BINS, check_inputs, has_both_classes,
                                        equal_error_rate, expected_calibration_error, predict_fake,
                                        reliability_curve)
@@ -30,6 +30,8 @@ LEARNING_CURVES_FIGURE = "learning_curves"
 REAL_COLOUR, FAKE_COLOUR = "#0072B2", "#D55E00"
 TRAIN_COLOUR, VAL_COLOUR, AUC_COLOUR = "#0072B2", "#D55E00", "#009E73"
 MUTED = "0.45"
+MIN_BIN_IMAGES = 5     # a reliability bin with fewer images is drawn grey
+MIN_SCORE_SPAN = 0.05  # the accuracy and AUC axes of the learning curves span at least this
 
 
 # ----------------------------------------------------------------------------- figures
@@ -54,8 +56,10 @@ def plot_confusion_matrix(y_true, p_fake, threshold: float = 0.5, title: str = "
     counts = confusion_matrix(y, predict_fake(p, threshold), labels=[0, 1])
     with np.errstate(invalid="ignore", divide="ignore"):
         row_pct = np.nan_to_num(100 * counts / counts.sum(axis=1, keepdims=True))
-    fig, ax = plt.subplots(figsize=(3.4, 3.0))
-    ax.imshow(row_pct, cmap="Blues", vmin=0, vmax=100)
+    fig, ax = plt.subplots(figsize=(3.8, 3.0))
+    image = ax.imshow(row_pct, cmap="Blues", vmin=0, vmax=100)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("% of the true class")
     for (i, j), count in np.ndenumerate(counts):
         colour = "white" if row_pct[i, j] > 60 else "black"
         ax.text(j, i, f"{count}\n({row_pct[i, j]:.1f}%)", ha="center", va="center", color=colour)
@@ -122,18 +126,27 @@ def plot_reliability_diagram(y_true, p_fake, n_bins: int = ECE_BINS, title: str 
     curve = reliability_curve(y_true, p_fake, n_bins)
     ece = expected_calibration_error(y_true, p_fake, n_bins)
     width = 1.0 / n_bins
-    filled = curve["counts"] > 0
-    fig, (ax, ax_counts) = plt.subplots(2, 1, figsize=(3.4, 4.2), sharex=True,
-                                        gridspec_kw={"height_ratios": [3, 1]})
+    counts, centres = curve["counts"], curve["bin_centres"]
+    # A bin of one or two images is all or nothing: its bar says little, so it is drawn grey.
+    solid, thin = counts >= MIN_BIN_IMAGES, (counts > 0) & (counts < MIN_BIN_IMAGES)
+    fig, (ax, ax_counts) = plt.subplots(2, 1, figsize=(3.4, 4.4), sharex=True,
+                                        gridspec_kw={"height_ratios": [3, 1.2]})
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color=MUTED, label="perfect calibration")
-    ax.bar(curve["bin_centres"][filled], curve["accuracy"][filled], width=width, color=FAKE_COLOUR,
+    ax.bar(centres[solid], curve["accuracy"][solid], width=width, color=FAKE_COLOUR,
            alpha=0.75, edgecolor="white", label="observed")
+    if thin.any():
+        ax.bar(centres[thin], curve["accuracy"][thin], width=width, color="0.85",
+               edgecolor="0.6", hatch="///", lw=0.5,
+               label=f"fewer than {MIN_BIN_IMAGES} images")
     ax.set_xlim(0, 1), ax.set_ylim(0, 1)
     ax.set_ylabel("Fraction truly fake")
     ax.set_title(_title(title, f"Reliability (ECE = {ece:.3f})"))
     ax.legend(loc="upper left", frameon=False)
-    ax_counts.bar(curve["bin_centres"], curve["counts"], width=width, color=MUTED,
-                  edgecolor="white")
+    ax_counts.bar(centres, counts, width=width, color=MUTED, edgecolor="white")
+    for centre, count in zip(centres, counts):
+        if count:  # the number on every filled bin: a bar of 1 next to one of 60 is invisible
+            ax_counts.text(centre, count, str(int(count)), ha="center", va="bottom", fontsize=6)
+    ax_counts.set_ylim(0, max(counts.max(), 1) * 1.3)
     ax_counts.set_xlabel("Predicted P(fake)"), ax_counts.set_ylabel("Images")
     for axis in (ax, ax_counts):
         _clean_axes(axis)
@@ -170,11 +183,16 @@ def plot_probability_histogram(y_true, p_fake, threshold: float = 0.5,
     return fig
 
 
-def best_epoch_by_val_loss(history: list[dict]) -> int | None:
-    """The early-stopping epoch: the smallest val_loss (earliest on ties); None without val_loss."""
-    scored = [(h["val_loss"], epoch_of(h, i)) for i, h in enumerate(history)
-              if h.get("val_loss") is not None]
-    return min(scored)[1] if scored else None
+def best_epoch_by_val_loss(history: list[dict], min_delta: float = 0.0) -> int | None:
+    """The early-stopping epoch by loop.fit's rule: an epoch is better only when it lowers the
+    best val_loss so far by more than min_delta (so with 0, the earliest smallest); None without
+    val_loss. A run records the epoch it restored (config.json's best_epoch): prefer that."""
+    best_loss, best = float("inf"), None
+    for i, entry in enumerate(history):
+        loss = entry.get("val_loss")
+        if loss is not None and loss < best_loss - min_delta:
+            best_loss, best = loss, epoch_of(entry, i)
+    return best
 
 
 def epoch_of(entry: dict, index: int) -> int:
@@ -207,6 +225,8 @@ def plot_history(history: list[dict], best_epoch: int | None = None, title: str 
             ax.axvline(best, color=MUTED, lw=1.0, ls=":", label=f"best epoch ({best})")
         ax.set_xlabel("Epoch"), ax.set_ylabel(name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if name != "Loss":
+            at_least_span(ax, MIN_SCORE_SPAN, top=1.0)
         _clean_axes(ax)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(frameon=False, loc="best")  # same colours on every panel: one legend
@@ -216,11 +236,25 @@ def plot_history(history: list[dict], best_epoch: int | None = None, title: str 
     return fig
 
 
+def at_least_span(ax, span: float, top: float) -> None:
+    """A y axis that spans at least `span` and ends just above `top` (a score's best value): an
+    AUC moving between 0.9992 and 1.0000 is noise, and should look like it."""
+    low, high = ax.get_ylim()
+    if high - low >= span:
+        return
+    middle = (low + high) / 2
+    low, high = middle - span / 2, middle + span / 2
+    if high > top:
+        low, high = top - span, top
+    ax.set_ylim(low, high + span * 0.02)
+
+
 def evaluation_drawings(y_true, p_fake, metrics: dict, out_dir, title_prefix: str = "",
                         name_prefix: str = "") -> dict:
     """The five evaluation figures of a split, not yet drawn: {out_dir/{name_prefix}{name}:
     function drawing it} for figures.save_figures (names in EVALUATION_FIGURES); thresholds come
-    from `metrics`."""
+    from `metrics`, and so do the run's flags (metrics["flags"]: RANDOM INIT, SYNTHETIC DATA), in
+    each figure's footer wherever it is saved."""
     y, p = check_inputs(y_true, p_fake)
     threshold = metrics.get("threshold", 0.5)
     drawings = {  # the costliest to draw first: figures.save_figures deals them out in order
@@ -232,7 +266,16 @@ def evaluation_drawings(y_true, p_fake, metrics: dict, out_dir, title_prefix: st
         "pr_curve": partial(plot_pr_curve, y, p, title_prefix),
         "confusion_matrix": partial(plot_confusion_matrix, y, p, threshold, title_prefix),
     }
-    return {Path(out_dir) / f"{name_prefix}{name}": draw for name, draw in drawings.items()}
+    flags = metrics.get("flags") or []
+    return {Path(out_dir) / f"{name_prefix}{name}": partial(flagged, draw, flags)
+            for name, draw in drawings.items()}
+
+
+def flagged(draw, flags: list[str]):
+    """draw(), its figure stamped with `flags` (figures.stamp_flags)."""
+    fig = draw()
+    stamp_flags(fig, flags)
+    return fig
 
 
 def save_evaluation_figures(y_true, p_fake, metrics: dict, out_dir, title_prefix: str = "",

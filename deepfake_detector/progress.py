@@ -55,3 +55,22 @@ def bar_class():
 def tqdm(*args, **kwargs):
     """tqdm's signature; the bar's kind is chosen as the module docstring says."""
     return bar_class()(*args, **kwargs)
+
+
+def finish_early(bar, reason: str, count: int) -> None:
+    """Close `bar` as finished although it stopped before its total, saying why (`reason`, e.g.
+    "early stopping: no better val loss for 10 epochs"). tqdm reads a bar closed short of its total
+    as a failure (a red widget, "69/500 14%"); a loop that ends early by design is a success, so
+    its total becomes `count`, the steps done (a bar iterating a range counts in a local variable
+    until it is closed, so the caller says), and the reason goes where the bar shows its numbers."""
+    if getattr(bar, "disable", True):  # closed already, or disabled
+        return
+    budget = bar.total
+    bar.n = bar.total = count
+    container = getattr(bar, "container", None)  # tqdm.notebook's widget: (label, bar, numbers)
+    if container is not None:
+        container.children[1].max = max(count, 1)
+    bar.set_postfix_str(f"{reason}; stopped after {count} of at most {budget}", refresh=False)
+    bar.close()
+    if container is not None:  # the abandoned `for` over the bar ends in a GeneratorExit later,
+        bar.disp = lambda *args, **kwargs: None  # which tqdm.notebook would paint red

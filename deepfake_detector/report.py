@@ -8,6 +8,12 @@ Run-directory layout that `write_report` reads (the training code writes it):
     tables/*.md (+ .csv, .tex siblings)             `tables.write_table`
     robustness.json, cross_dataset.json             lists of row dicts
     gradcam/contact_sheet.png, gradcam/faithfulness.json
+    audit/audit.json                                the data audit before training (`audit.audit_split`)
+
+Every command that adds to a run rewrites its report (train, finetune, evaluate on the run's own
+test split, robustness, cross-eval, gradcam into RUN/gradcam); `report --run RUN` rebuilds it
+(`rebuild_report`). `write_report` puts the sections one after another: each is a function of
+what the run directory holds that returns its Markdown lines, or none (add one the same way).
 """
 from __future__ import annotations
 
@@ -15,15 +21,20 @@ import json
 from pathlib import Path
 
 from . import CLASS_NAMES
+from .folder_lock import folder_lock
 from .manifest import recording
-from .run_dir import (CROSS_DATASET_JSON, DATA_COUNTS_JSON, HISTORY_JSON, METRICS_TEST_JSON,
-                      METRICS_VAL_JSON, PROBE_JSON, REPORT_MD, ROBUSTNESS_JSON, RunFileError,
-                      read_run_config)
+from .run_dir import (CONFIG_JSON, CROSS_DATASET_JSON, DATA_COUNTS_JSON, HISTORY_JSON,
+                      METRICS_TEST_JSON, METRICS_VAL_JSON, PROBE_JSON, REPORT_MD, ROBUSTNESS_JSON,
+                      RunFileError, read_run_config)
+from .run_flags import synthetic_record_of, weights_record_of
 from .plots import (EVALUATION_FIGURES, LEARNING_CURVES_FIGURE, epoch_of,
                                      best_epoch_by_val_loss)
 from .tables import markdown_table, metrics_table_rows
+from .video_metrics import report_lines as video_report_lines
 
 RANDOM_INIT_WARNING = "**RANDOM INIT — NOT IMAGENET-PRETRAINED**"
+SYNTHETIC_DATA_WARNING = "**SYNTHETIC DATA — NOT REAL IMAGES**"
+AUDIT_JSON = "audit/audit.json"  # train's data audit (train.audit_data), beside audit/audit.md
 
 
 # ----------------------------------------------------------------------------- run report
@@ -38,24 +49,51 @@ def load_json(path: Path):
         return {"unreadable": f"{path.name}: {error}"}
 
 
-def _weights_record(config: dict) -> dict | None:
-    """config["weights"] when it is the record; else any top-level dict carrying "pretrained"."""
-    if isinstance(config.get("weights"), dict):
-        return config["weights"]
-    return next((v for v in config.values() if isinstance(v, dict) and "pretrained" in v), None)
-
-
 def _image(run_dir: Path, relative: str, caption: str) -> list[str]:
     return [f"![{caption}]({relative})", ""] if (run_dir / relative).is_file() else []
 
 
 def _report_warning(config: dict | None) -> list[str]:
-    record = _weights_record(config) if isinstance(config, dict) else None
-    if record is None or record.get("pretrained") is not False:
+    """The banners at the very top: RANDOM INIT (the weights record says pretrained false) and
+    SYNTHETIC DATA (config.json's synthetic_data record), each with what it means."""
+    if not isinstance(config, dict):
         return []
-    return [RANDOM_INIT_WARNING, "", f"Weights note: {record.get('note', 'none given')}", "",
-            "The backbone was not trained on ImageNet, so these numbers say nothing about a "
-            "pretrained ResNet-18 detector.", ""]
+    lines = []
+    record = weights_record_of(config)
+    if record is not None and record.get("pretrained") is False:
+        lines += [RANDOM_INIT_WARNING, "", f"Weights note: {record.get('note', 'none given')}", "",
+                  "The backbone was not trained on ImageNet, so these numbers say nothing about a "
+                  "pretrained ResNet-18 detector.", ""]
+    synthetic = synthetic_record_of(config)
+    if synthetic:
+        lines += [SYNTHETIC_DATA_WARNING, "",
+                  f"This run was trained and validated on the project's generated demo set "
+                  f"({synthetic.get('raw_dir')}: {synthetic.get('n_per_class')} images per class, "
+                  f"{synthetic.get('image_size')} px, seed {synthetic.get('seed')}, "
+                  f"{synthetic.get('generator')} version {synthetic.get('generator_version')}), "
+                  "not on photographs or real deepfakes. Its numbers show that the pipeline works; "
+                  "they say nothing about detecting real deepfakes.", ""]
+    return lines
+
+
+def _report_audit(run_dir: Path) -> list[str]:
+    """The data audit's finding (audit/audit.json, written before training), in a few lines."""
+    findings = load_json(run_dir / AUDIT_JSON)
+    if not isinstance(findings, dict) or not isinstance(findings.get("flags"), list):
+        return []
+    flags = findings["flags"]
+    lines = ["## Data audit", ""]
+    if flags:
+        lines += [f"Before training, the audit of {findings.get('data_dir', 'the data')} found "
+                  f"{len(flags)} difference(s) between real and fake that a model could learn "
+                  "instead of the content (a shortcut):", ""]
+        lines += [f"- {flag}" for flag in flags] + [""]
+    else:
+        lines += ["Before training, the audit found no shortcut in format, JPEG quality, size, "
+                  "colour mode or file size, and no exact duplicates across splits or classes.", ""]
+    if (run_dir / "audit" / "audit.md").is_file():
+        lines += ["Details, tables and the file-size figure: [audit/audit.md](audit/audit.md).", ""]
+    return lines
 
 
 def _report_data(counts) -> list[str]:
@@ -71,18 +109,38 @@ def _report_data(counts) -> list[str]:
     return ["## Data", "", markdown_table(rows, "{:.3f}"), ""] if rows else []
 
 
-def _report_training(run_dir: Path, history) -> list[str]:
+def _report_training(run_dir: Path, history, config) -> list[str]:
     lines = ["## Training", ""]
     if isinstance(history, list) and history:
-        best = best_epoch_by_val_loss(history)
-        seconds = sum(h.get("seconds") or 0 for h in history)
-        summary = f"{len(history)} epoch(s), {seconds:.0f} s in total."
-        if best is not None:
-            best_entry = next(h for i, h in enumerate(history) if epoch_of(h, i) == best)
-            summary += f" Best epoch (min val loss {best_entry['val_loss']:.4f}): {best}."
-        lines += [summary, ""]
+        lines += [training_summary(history, config if isinstance(config, dict) else {}), ""]
     lines += _image(run_dir, f"figures/{LEARNING_CURVES_FIGURE}.png", "Learning curves")
     return lines if len(lines) > 2 else []
+
+
+def restored_epoch(history: list, config: dict) -> int | None:
+    """The epoch whose head the run restored: config.json's best_epoch, as training recorded it;
+    for a run without it, early stopping's own rule over history.json (an epoch counts as better
+    only by more than min_delta, loop.fit)."""
+    if isinstance(config.get("best_epoch"), int):
+        return config["best_epoch"]
+    return best_epoch_by_val_loss(history, min_delta=float(config.get("min_delta") or 0.0))
+
+
+def training_summary(history: list, config: dict) -> str:
+    """Epochs run, the restored epoch with its val loss, and the training time, as config.json
+    and train.log give them ("best epoch 60: ...", "training took 31.6 s")."""
+    summary = f"{config.get('epochs_run') or len(history)} epoch(s) run"
+    seconds = config.get("train_seconds")
+    summary += (f"; training took {seconds:.1f} s (`train_seconds` in config.json, as train.log "
+                "says)." if isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+                else "; the training time was not recorded.")
+    best = restored_epoch(history, config)
+    entry = next((h for i, h in enumerate(history) if epoch_of(h, i) == best), None)
+    if entry is not None and entry.get("val_loss") is not None:
+        summary += (f" Best epoch {best} (val loss {entry['val_loss']:.4f}): its head was "
+                    "restored. Early stopping counts an epoch as better only when it lowers the "
+                    f"val loss by more than min_delta ({config.get('min_delta', 0)}).")
+    return summary
 
 
 def _report_split(run_dir: Path, split: str, metrics: dict, has_test: bool) -> list[str]:
@@ -95,6 +153,7 @@ def _report_split(run_dir: Path, split: str, metrics: dict, has_test: bool) -> l
                   + ", so its numbers are optimistic."
                   + ("" if has_test else " No test split was used: there is no unbiased estimate "
                      "in this run."), ""]
+    lines += video_report_lines(metrics)  # frames of videos: the videos lead (video_metrics.py)
     method = metrics.get("ci_method", "percentile bootstrap")
     lines += [markdown_table(metrics_table_rows(metrics)), "",
               f"95% CIs: {method}, {metrics.get('n_bootstrap', '?')} replicates "
@@ -154,6 +213,14 @@ def _report_probe(probe, evaluated: dict) -> list[str]:
     return lines if any(line.startswith("### ") for line in lines) else []
 
 
+def undefined_marked(value):
+    """NaN (a rate over no images: the faithfulness of a run with no masked fake among its
+    Grad-CAM images) as words a reader understands, not "nan"."""
+    if isinstance(value, float) and value != value:
+        return "undefined (no images to count)"
+    return value
+
+
 def _report_rows(title: str, data) -> list[str]:
     """A list of row dicts as a table; any other JSON as a code block."""
     if data is None:
@@ -161,7 +228,7 @@ def _report_rows(title: str, data) -> list[str]:
     if isinstance(data, list) and data and all(isinstance(row, dict) for row in data):
         body = markdown_table(data)
     elif isinstance(data, dict) and data and all(not isinstance(v, (dict, list)) for v in data.values()):
-        body = markdown_table([{"key": k, "value": v} for k, v in data.items()])
+        body = markdown_table([{"key": k, "value": undefined_marked(v)} for k, v in data.items()])
     else:
         body = "```json\n" + json.dumps(data, indent=2) + "\n```"
     return [title, "", body, ""]
@@ -211,13 +278,14 @@ def write_report(run_dir) -> Path:
     preamble = len(lines)
     lines += _report_convergence(config)
     lines += _report_data(load_json(run_dir / DATA_COUNTS_JSON))
+    lines += _report_audit(run_dir)
     evaluated = {split: m for split, m in metrics.items() if isinstance(m, dict)}
     lines += _report_probe(load_json(run_dir / PROBE_JSON), evaluated)
     if evaluated:
         lines += ["## Results", ""]
         for split, split_metrics in evaluated.items():
             lines += _report_split(run_dir, split, split_metrics, has_test="test" in evaluated)
-    lines += _report_training(run_dir, load_json(run_dir / HISTORY_JSON))
+    lines += _report_training(run_dir, load_json(run_dir / HISTORY_JSON), config)
     lines += _report_tables(run_dir)
     robustness = _report_rows("## Robustness", load_json(run_dir / ROBUSTNESS_JSON))
     lines += robustness + (_image(run_dir, "figures/robustness.png", "robustness") if robustness else [])
@@ -240,3 +308,15 @@ def write_report(run_dir) -> Path:
     with recording(run_dir):  # a rewritten report stays one of the run's own files
         report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return report
+
+
+def rebuild_report(run_dir) -> Path:
+    """`report --run RUN`: report.md of a run rebuilt from the files it holds now, under the run's
+    lock (folder_lock.py). A folder that is not a run: one line saying what to pass."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_JSON).is_file():
+        raise FileNotFoundError(
+            f"--run {run_dir}: not a run directory (no {CONFIG_JSON} in it); pass the folder "
+            "that `train` wrote (its --out), e.g. outputs/runs/r1.")
+    with folder_lock(run_dir):
+        return write_report(run_dir)

@@ -43,6 +43,7 @@ from .preprocessing import Preprocessing
 from .manifest import recording
 from .run_dir import CROSS_DATASET_JSON, load_run, read_run_config
 from .split_read import list_labelled_folder, list_split, read_split_manifest
+from .terminal import rounded
 
 # ----------------------------------------------------------------------------- perturbations
 
@@ -169,7 +170,8 @@ def robustness_table(run_dir, data_dir, split: str = "val", perturbations: dict 
                                           desc=name)
         rows.append({"test set": test_set,
                      **robustness_row(name, labels, probabilities, checkpoint, n_bootstrap)})
-        log(f"{name:>14}: accuracy {rows[-1]['accuracy']:.4f}, ROC-AUC {rows[-1]['roc_auc']}")
+        log(f"{name:>14}: accuracy {rounded(rows[-1]['accuracy'])}, "
+            f"ROC-AUC {rounded(rows[-1]['roc_auc'])}")
     caveat = (" The validation split also chose the early-stopping epoch and the threshold: "
               "prefer a test split for a paper." if split == "val" else "")
     with recording(run_dir):  # into the run's manifest: replacing the run may delete these

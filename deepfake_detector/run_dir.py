@@ -128,6 +128,9 @@ def checkpoint_record(model, config: TrainConfig, weights_record: dict, fitted,
         "versions": library_versions(),
         # The metrics and threshold, with the weights they belong to.
         "val_threshold": float(val_threshold),
+        # Videos' verdicts (mean P(fake) over the frames): chosen on the validation videos, None
+        # for a run whose split was not made of videos (video_metrics.py)
+        "video_threshold": (metrics.get("video") or {}).get("val_threshold"),
         "metrics": {k: metrics[k] for k in ("accuracy", "roc_auc", "average_precision",
                                             "balanced_accuracy", "n_images") if k in metrics},
     }
@@ -138,6 +141,7 @@ def run_record(config: TrainConfig, weights_record: dict, fitted) -> dict:
     synthetic-set record, when, with which libraries, and how training went. `fitted` is
     loop.Fitted: history, best epoch, training time."""
     from .demo_data import synthetic_origin
+    from .video_metrics import split_frames_record
     from .loop import convergence, resolved_epochs
     converged = convergence(fitted.history, fitted.best_epoch, config.patience)
     # synthetic_data: the demo set's record when the run was trained on it (None otherwise), so
@@ -145,6 +149,9 @@ def run_record(config: TrainConfig, weights_record: dict, fitted) -> dict:
     return {**asdict(config), "epochs": resolved_epochs(config),
             "weights_record": weights_record,
             "synthetic_data": synthetic_origin(config.data_dir),
+            # how the frames were made from videos (the frames command's record), so that predict
+            # samples a clip as the run's data were sampled; None for other data
+            "video_frames": split_frames_record(config.data_dir),
             "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": library_versions(),
             "train_seconds": fitted.train_seconds, "best_epoch": fitted.best_epoch,
@@ -207,13 +214,15 @@ CONFIG_FIELD_TYPES = {
     **{f.name: str(f.type) for f in fields(TrainConfig)},
     "weights": "str | dict", "augmentation": "dict | None",
     "weights_record": "dict", "synthetic_data": "dict | None", "trained_at": "str | None",
+    "video_frames": "dict | None",
     "versions": "dict", "train_seconds": "float | None", "best_epoch": "int | None",
     "converged": "bool | None", "epochs_run": "int | None", "trainable_parameters": "int | None",
 }
 # The type of each field a checkpoint may hold besides its weights and Preprocessing's record.
 CHECKPOINT_FIELD_TYPES = {"weights": "dict", "threshold": "float | None",
                           "best_epoch": "int | None", "head": "str", "best_val": "dict | None",
-                          "versions": "dict", "metrics": "dict", "format_version": "int"}
+                          "versions": "dict", "metrics": "dict", "format_version": "int",
+                          "video_threshold": "float | None"}
 # Fields whose values are also checked as Preprocessing checks them (choices, bounds).
 FIELD_CHECKS = {"img_size": check_img_size, "decode": check_decode, "resize": check_resize,
                 "precision": check_precision}
@@ -292,7 +301,7 @@ def check_thresholds(checkpoint: dict) -> None:
     """`val_threshold` (chosen on validation) and `threshold`: absent or None, or a number in
     [0, 1]; else a ValueError naming the field. A NaN would call every image "real" (P(fake) >=
     NaN is never true), silently: it is refused when the checkpoint is read."""
-    for name in ("val_threshold", "threshold"):
+    for name in ("val_threshold", "threshold", "video_threshold"):
         value = checkpoint.get(name)
         if value is None:
             continue

@@ -11,15 +11,13 @@ import os
 import sys
 from pathlib import Path
 
+from .extras import MissingExtraError
+
 APP_PAGE = Path(__file__).resolve().parent / "app.py"
 MIN_STREAMLIT = "1.56"  # the first whose AppTest can drive st.file_uploader (the app's tests)
 INSTALL_HINT = f"pip install -e '.[app]'  (or: pip install 'streamlit>={MIN_STREAMLIT}')"
 DEMO_RAW = "data/synthetic/raw"    # the same generated set as the notebook's demo
 DEMO_ROOT = "outputs/app-demo"     # its split and run for the app
-
-
-class MissingExtraError(RuntimeError):
-    """An optional dependency (Streamlit, for the app) is not installed."""
 
 
 def check_streamlit() -> None:
@@ -41,11 +39,12 @@ def streamlit_command(run_dir: str | os.PathLike, host: str = "127.0.0.1",
     """argv of the server: localhost unless told otherwise, no usage statistics, no file
     watcher, the upload limit, no browser opened, no deploy button; the run after `--`, for
     app.py."""
-    from .uploads import MAX_UPLOAD_MB
+    from .uploads import MAX_UPLOAD_MB, MAX_VIDEO_MB  # each uploader has its own, lower or equal
     return [sys.executable, "-m", "streamlit", "run", str(APP_PAGE),
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.maxUploadSize", str(MAX_UPLOAD_MB), "--server.fileWatcherType", "none",
+            "--server.maxUploadSize", str(max(MAX_UPLOAD_MB, MAX_VIDEO_MB)),
+            "--server.fileWatcherType", "none",
             "--client.toolbarMode", "minimal",  # no "Deploy" button: this is a local tool
             "--", "--run", str(run_dir)]
 

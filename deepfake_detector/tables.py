@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .run_flags import flag_note, flags_of_path
+
 # ----------------------------------------------------------------------------- tables
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -101,23 +103,32 @@ def _csv_cell(value):
 
 
 def write_table(rows: list[dict], path_stem, caption: str = "",
-                float_format: str = "{:.4f}") -> list[Path]:
+                float_format: str = "{:.4f}", flags: list[str] | None = None) -> list[Path]:
     """Write path_stem.md (GitHub Markdown), .csv (full precision) and .tex (booktabs; the label
-    is tab:<file name>). Columns are every key of every row in order of first appearance."""
+    is tab:<file name>). Columns are every key of every row in order of first appearance.
+    `flags` (default: those of the run the table is written into, run_flags.flags_of_path) are
+    named in each file: a note under the Markdown table, a first CSV line starting with '#', a
+    '%' comment line and the caption in LaTeX."""
     if not rows:
         raise ValueError("no rows to write")
     stem = Path(path_stem)
+    note = flag_note(flags_of_path(stem) if flags is None else flags)
     stem.parent.mkdir(parents=True, exist_ok=True)
     md_path, csv_path, tex_path = (Path(f"{stem}.{ext}") for ext in ("md", "csv", "tex"))
-    markdown = markdown_table(rows, float_format)
+    markdown = markdown_table(rows, float_format) + (f"\n\n_Note: **{note}**._" if note else "")
     md_path.write_text((f"**{caption}**\n\n" if caption else "") + markdown + "\n", encoding="utf-8")
     columns = table_columns(rows)
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        if note:  # pandas: read_csv(path, comment="#")
+            f.write(f"# {note}\n")
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({col: _csv_cell(row.get(col)) for col in columns} for row in rows)
     label = "tab:" + "".join(c if c.isalnum() else "-" for c in stem.name)
-    tex_path.write_text(latex_table(rows, caption, label, float_format), encoding="utf-8")
+    if note and caption:
+        caption = f"{caption}. {note}"
+    tex_path.write_text((f"% {note}\n" if note else "") + latex_table(rows, caption, label, float_format),
+                        encoding="utf-8")
     return [md_path, csv_path, tex_path]
 
 

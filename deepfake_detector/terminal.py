@@ -102,6 +102,8 @@ def metrics_summary(metrics: dict, title: str, written: str) -> str:
     weights = metrics.get("weights")
     if isinstance(weights, dict) and not weights.get("pretrained", True):
         lines[0] += ", RANDOM INIT backbone (not ImageNet-pretrained)"
+    from .video_metrics import summary_lines  # frames of videos: the videos' numbers first
+    lines += summary_lines(metrics)
     lines.append(f"  ROC-AUC    {rounded(metrics.get('roc_auc'))}{interval(metrics, 'roc_auc')}")
     accuracy = (f"  accuracy   {rounded(metrics.get('accuracy'))} at threshold "
                 f"{metrics.get('threshold', 0.5):g}{interval(metrics, 'accuracy')}")

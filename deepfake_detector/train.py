@@ -33,7 +33,7 @@ from . import CLASS_TO_IDX, distributed
 from .audit import AuditWarning, audit_split
 from .config import MAX_SEED, TrainConfig
 from .determinism import deterministic
-from .features import Views, cache_file, cached_features
+from .features import Views, cache_file, cached_features, layer_statistics
 from .figures import plt, save_figure
 from .files import check_output_folder, write_json
 from .head import StandardizedHead, feature_statistics
@@ -51,6 +51,7 @@ from .probe import fit_probe, head_vs_probe, probe_summary
 from .run_dir import (AUDIT_DIR, FIGURES_DIR, LR_FIND_JSON, OOD_STATS, PROBE_JSON, RunLog,
                       prepare_run_dir, run_dir_path, save_run)
 from .split_read import MANIFEST_CSV, drop_unreadable, list_split, split_groups
+from .video_metrics import VIDEO_PREDICTIONS_VAL_CSV, with_video_level, write_video_predictions
 from .terminal import rounded, upscale_note
 from .validation_files import finish_run
 
@@ -291,7 +292,9 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
     fitted = finish_fitting(run, head, history, best_epoch, start)
     val_probabilities = validation_probabilities(run, data)
     fit_for_run(run_dir / OOD_STATS, data.train_plain, data.train_labels, data.val_plain,
-                [path for path, _ in train_items], log)  # how far an image is (ood.py)
+                [path for path, _ in train_items], log, [path for path, _ in val_items],
+                lambda paths: layer_statistics(model, paths, run.extraction["prep"],
+                                               num_workers=config.num_workers))  # ood.py
     probe = run_probe(run, data) if config.probe else None
     metrics = conclude_run(run_dir, model, config, weights_record, counts, fitted, val_items,
                            val_probabilities, log, probe)
@@ -538,6 +541,9 @@ def conclude_run(run_dir: Path, model, config, weights_record: dict, counts: dic
     save_run(run_dir, model, config, weights_record, counts, fitted, val_threshold, metrics)
     model.to(device)
     finish_run(run_dir, val_items, val_probabilities, metrics, val_threshold, fitted, log, probe)
+    # videos: one row per validation video too, beside predictions_val.csv (video_metrics.py)
+    write_video_predictions(run_dir / VIDEO_PREDICTIONS_VAL_CSV, config.data_dir, val_items,
+                            [y for _, y in val_items], val_probabilities, metrics)
     return metrics
 
 
@@ -551,6 +557,10 @@ def validation_metrics(val_items, val_probabilities, config, fitted: Fitted,
     val_threshold = choose_threshold(labels, val_probabilities)
     metrics = compute_metrics(labels, val_probabilities, threshold=0.5, val_threshold=val_threshold,
                               groups=groups, seed=config.seed)
+    # Videos (a split of the frames command's output): video-level numbers first, their own
+    # threshold chosen here on the validation videos (video_metrics.py)
+    metrics = with_video_level(metrics, config.data_dir, val_items, labels, val_probabilities,
+                               choose=True, seed=config.seed)
     metrics["split"] = "val"
     metrics.update(convergence(fitted.history, fitted.best_epoch, config.patience))
     if probe is not None:

@@ -49,6 +49,10 @@ from .preprocessing import Preprocessing
 # 10 MB. More than 20 MB per file is rarely a photograph and costs memory on a shared machine.
 MAX_UPLOAD_MB = 20
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024  # Streamlit's megabyte (server.maxUploadSize)
+# A short clip (video_uploads.py): a minute of phone video is 50-100 MB; the model samples a few
+# dozen frames of it anyway. The server's limit is the larger of the two (serve.py).
+MAX_VIDEO_MB, MAX_VIDEO_SECONDS = 100, 120
+MAX_VIDEO_BYTES = MAX_VIDEO_MB * 1024 * 1024
 # 50 MP covers the largest common camera sensors (48-50 MP). A file can claim far more in a few
 # bytes (a PNG of one colour compresses 1000x): decoded, 50 MP is 150 MB of RGB, so the header is
 # checked before any pixel is decoded.
@@ -396,6 +400,9 @@ def model_card(run_dir: str | os.PathLike, checkpoint: dict) -> dict:
                              if has_val_threshold else
                              "0.5: this run has no threshold chosen on val"),
         "img_size": checkpoint.get("img_size"),
+        # a video's verdict (mean P(fake) over its frames): chosen on the validation videos, None
+        # for a run whose split was not made of videos (video_metrics.py)
+        "video_threshold": checkpoint.get("video_threshold"),
         "trained_at": trained_at,
         "best_epoch": checkpoint.get("best_epoch"),
         "cross_dataset": cross if isinstance(cross, list) else [],

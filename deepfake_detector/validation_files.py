@@ -15,6 +15,7 @@ from .plots import evaluation_drawings, plot_history
 from .predictions import write_predictions
 from .probe import comparison_rows
 from .report import write_report
+from .run_flags import flag_record, flags_of_run
 from .run_dir import FIGURES_DIR, METRICS_VAL_JSON, PREDICTIONS_VAL_CSV, TABLES_DIR
 from .tables import metrics_table_rows, write_table
 from .terminal import rounded
@@ -31,6 +32,8 @@ def finish_run(run_dir: Path, val_items, val_probabilities, metrics: dict, val_t
                     caption="The trained head against a logistic-regression probe on the same "
                             "frozen features (validation split, 95% bootstrap CIs)")
         log(metrics["head_vs_probe"]["verdict"])
+    # RANDOM INIT / SYNTHETIC DATA, from the config.json written just before: in the metrics too
+    metrics.update(flag_record(flags_of_run(run_dir)))
     write_json(run_dir / METRICS_VAL_JSON, metrics)
     write_predictions([{"image_id": path.name, "prediction": float(p), "label": int(y),
                         "path": str(path)} for (path, y), p in zip(val_items, val_probabilities)],
@@ -41,6 +44,11 @@ def finish_run(run_dir: Path, val_items, val_probabilities, metrics: dict, val_t
                 caption="Validation metrics with 95% bootstrap confidence intervals")
     plt.close("all")
     write_report(run_dir)
+    video = metrics.get("video") or {}  # frames of videos: the videos' numbers lead
+    if video.get("n_videos"):
+        log(f"val videos: accuracy {rounded(video['accuracy_at_val_threshold'])} at the video "
+            f"threshold {video['val_threshold']:.3f}, ROC-AUC {rounded(video['roc_auc'])} "
+            f"({video['n_videos']} videos); frames:")
     log(f"val accuracy {metrics['accuracy']:.3f}, ROC-AUC {rounded(metrics['roc_auc'])}, "
         f"threshold chosen on val {val_threshold:.3f}; run saved in {run_dir}")
 

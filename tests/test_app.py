@@ -6,6 +6,7 @@ AppTest came with Streamlit 1.56). The real browser is in test_app_browser.py.
 """
 from __future__ import annotations
 
+import html
 import io
 import re
 from pathlib import Path
@@ -66,8 +67,8 @@ def cards(app: AppTest) -> list[str]:
 
 
 def card_text(card: str) -> str:
-    """A card's words, as a browser shows them (tags dropped, entities kept as they are)."""
-    return re.sub(r"<[^>]+>", " ", card)
+    """A card's words, as a browser shows them: tags dropped, entities (&#x27;) read back."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", card))
 
 
 def results_order(app: AppTest) -> list[str]:

@@ -290,6 +290,29 @@ def test_at_a_glance_and_images_unlike_the_training_data(served, split_data, tmp
         assert Image.open(tmp_path / "shots" / shot).size == SCREEN
 
 
+def test_upload_a_short_clip_in_a_real_browser(served, tmp_path):
+    """The video uploader (under the images'): a 2-second clip gets its verdict card, the
+    timeline and the top frames with Grad-CAM; the page says the copy is deleted."""
+    import cv2
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    clip = tmp_path / "short_clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 4.0, (48, 48))
+    for k in range(8):
+        writer.write(np.uint8(make_fake_example(seed=0, index=k, image_size=48)[1][..., ::-1]))
+    writer.release()
+    _, url, _, driver = served
+    driver.get(url)
+    wait = WebDriverWait(driver, 120)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input[type='file']")) == 2)
+    chooser = driver.find_elements(By.CSS_SELECTOR, "input[type='file']")[1]
+    chooser.send_keys(str(clip.resolve()))
+    [card] = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".video-verdict-card"))
+    assert "short_clip.mp4" in card.text and "P(fake) = " in card.text
+    assert wait.until(lambda d: loaded_image(d, "Grad-CAM of the frame"))
+    assert "deleted as soon as they are read" in body_text(driver)
+
+
 def main(argv=None) -> None:
     """The screenshots for docs/, from any run (see the module's docstring)."""
     import argparse

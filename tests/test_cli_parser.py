@@ -23,7 +23,10 @@ NOTEBOOK_SETTINGS = {"DATA_DIR": "data_dir", "WEIGHTS": "weights", "IMG_SIZE": "
                      "EPOCHS": "epochs", "BATCH_SIZE": "batch_size", "LR": "lr",
                      "PATIENCE": "patience", "SEED": "seed", "AUGMENT": "augment"}
 # Where the notebook's default differs on purpose, and what its comment must say instead.
-NOTEBOOK_OWN_DEFAULTS = {"IMG_SIZE": (None, "224")}  # None: 224, or the synthetic set's own size
+NOTEBOOK_OWN_DEFAULTS = {
+    "IMG_SIZE": (None, "224"),  # None: 224, or the synthetic set's own size
+    "WEIGHTS": ("imagenet-or-none", "imagenet"),  # Run All offline: the loud RANDOM INIT fallback
+}
 
 
 def command_names() -> list[str]:

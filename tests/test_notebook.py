@@ -2,11 +2,15 @@
 after every cell); every cell re-runnable in the same kernel; and the demo's promise."""
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
+from PIL import Image
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from deepfake_detector.notebook import (MARKER, PROJECT_ROOT, NotebookStop, claim_for_notebook,
@@ -25,6 +29,32 @@ def test_notebook_is_committed_clean_with_a_parameters_cell():
     assert "inspect.getsource" not in source  # taught code is in cells, not printed
     for name in ("REPLACE_SPLIT", "REPLACE_RUN", "EXERCISES"):
         assert f"{name} = " in code_cells[0].source
+
+
+def test_parameters_cell_lists_every_value_and_teaching_cells_hold_no_housekeeping():
+    """Run All on the defaults works offline: WEIGHTS falls back to random init, loudly (the
+    headless run below checks it). Every parameter's comment lists the values it takes, and the
+    housekeeping (what may be replaced, output folders, the head's reset) is behind one call."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code_cells = [c for c in notebook.cells if c.cell_type == "code"]
+    lines = [line for line in code_cells[0].source.splitlines() if line.strip()]
+    values = {line.split("=")[0].strip(): line.split("#", 1)[1] for line in lines}
+    assert all("#" in line for line in lines) and len(values) == len(lines) >= 20
+    assert 'WEIGHTS = "imagenet-or-none"' in code_cells[0].source
+    for name, words in {"WEIGHTS": ('"imagenet-or-none"', '"imagenet"', '"none"', "path"),
+                        "LR": ("positive number", '"find"'), "EPOCHS": ("None", "whole number"),
+                        "IMG_SIZE": ("None", "whole number"), "GROUP_BY": ("None", '"folder"',
+                                                                          '"regex:PATTERN"', "CSV"),
+                        "GRADCAM_IMAGES": ("None", "whole number"), "OUTPUT_DIR": ('""', "folder"),
+                        "TEST_FRACTION": ("0.0", "fraction"), "SEED": ("0 to 2**32 - 1",)}.items():
+        assert all(word in values[name] for word in words), (name, values[name])
+    for name in ("SYNTHETIC_IF_EMPTY", "AUGMENT", "COMPARE_AUGMENTATION", "FINETUNE_LAYER4",
+                 "REPLACE_SPLIT", "REPLACE_RUN", "EXERCISES"):
+        assert "True or False" in values[name] or ("True" in values[name] and "False" in values[name])
+    teaching = "\n".join(c.source for c in code_cells[1:])
+    for housekeeping in ("claim_for_notebook", "mark_as_notebooks", "REPLACE_", "initial_head",
+                         "os.chdir", "SESSION_OUT", "prefer_huge_pages"):
+        assert housekeeping not in teaching, housekeeping
 
 
 @pytest.mark.parametrize("text, value", [
@@ -125,7 +155,7 @@ def test_notebook_runs_then_every_cell_runs_again_and_follows_new_parameters(not
     assert "re-run: replacing the run" in said(code_cell(seen.second, "training.train(config"))
 
     assert not errors(seen.changed)  # VAL_FRACTION = 0.5, the split to the training re-run
-    assert "replacing the split" in said(code_cell(seen.changed, "split.split_dataset("))
+    assert "replacing the split" in said(code_cell(seen.changed, "session.split_dataset("))
     assert seen.n_images_after_change == 30
 
     # the files stay the durable record, in step with the live objects
@@ -153,6 +183,15 @@ def test_headless_notebook_end_to_end(notebook_run_twice):
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     text = json.dumps([o.get("data", {}).get("text/markdown", "") for o in outputs])
     assert "SYNTHETIC DATA" in text and "RANDOM INIT" in text  # said in large letters
+    # the defaults, offline (notebook_run_twice.py): ImageNet weights fall back, and it is said
+    assert 'WEIGHTS = \\"imagenet-or-none\\"` fell back to random init' in text
+    # numbers for people are rounded: no "nan", no 16-digit floats, in what the cells print
+    # (report.md, shown by the last cell, is report.py's and tested with it)
+    shown = "\n".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "")
+                      for c in executed.cells if c.cell_type == "code"
+                      and "write_report(" not in c.source for o in c.outputs)
+    assert not re.search(r"\bnan\b", shown) and not re.search(r"\d\.\d{9,}", shown), \
+        [line for line in shown.splitlines() if re.search(r"\bnan\b|\d\.\d{9,}", line)]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 8  # figures shown inline
     # the widgets' first state is there, and their state is stored for viewers
     widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
@@ -164,6 +203,14 @@ def test_headless_notebook_end_to_end(notebook_run_twice):
     assert "\r" not in progress and progress.count("epochs: ") == 1
     # log lines and one line per bar, stdout and stderr interleaved: a handful, not ~130 redraws
     assert len(training.outputs) <= 20
+    # one feature cache: train() reads the train features the caching cell extracted
+    said_by_training = "".join(o.get("text", "") for o in training.outputs)
+    assert "train features: 48 images from the feature cache" in said_by_training
+    # the five evaluation figures laid out as one picture for a screen, not one tall column
+    evaluation = next(c for c in executed.cells if "figure_grid_png(figure_rows)" in c.source)
+    grid, = [o for o in evaluation.outputs if "image/png" in o.get("data", {})]
+    width, height = Image.open(io.BytesIO(base64.b64decode(grid["data"]["image/png"]))).size
+    assert 900 <= width <= 1400 and height <= 900
 
     run = out / "run"
     metrics = json.loads((run / "metrics_val.json").read_text())
@@ -198,3 +245,80 @@ def test_demo_data_is_learnable_with_random_init(tmp_path):
                             cache_dir=""), log_to_console=False)
     assert run.metrics["accuracy"] >= 0.9 and run.metrics["roc_auc"] >= 0.95, run.metrics["accuracy"]
     assert json.loads((run / "metrics_val.json").read_text())["accuracy"] == run.metrics["accuracy"]
+
+
+@pytest.mark.filterwarnings("ignore:data audit")  # the fake train's, after the first
+def test_session_train_replaces_only_its_own_runs_and_restarts_the_same_head(tmp_path,
+                                                                            monkeypatch, capsys):
+    """The training cell's housekeeping (notebook_setup): a re-run replaces the run this notebook
+    made and trains the same initial head again; a folder it did not make needs REPLACE_RUN."""
+    import warnings
+    from types import SimpleNamespace
+
+    import torch
+
+    from deepfake_detector import notebook_setup
+
+    monkeypatch.setattr(notebook_setup, "_KERNEL", {})
+    starts = []
+
+    def fake_train(config, log_to_console=True, model=None, weights_record=None):
+        starts.append(model.fc.weight.detach().clone())
+        warnings.warn("data audit: 1 possible shortcut", UserWarning, stacklevel=2)
+        with torch.no_grad():
+            model.fc.weight += 1.0  # "training"
+        Path(config.out_dir).mkdir(exist_ok=True)
+        return Path(config.out_dir)
+    monkeypatch.setattr(notebook_setup.training, "train", fake_train)
+    parameters = {"REPLACE_RUN": False}
+    session = notebook_setup.NotebookSession(parameters, tmp_path, torch.device("cpu"))
+    model = SimpleNamespace(fc=torch.nn.Linear(512, 1))
+    initial = model.fc.weight.detach().clone()
+
+    config = SimpleNamespace(out_dir=str(tmp_path / "run"), overwrite=None)
+    with pytest.warns(UserWarning, match="data audit") as said_by_train:
+        session.train(config, model=model, weights_record={})
+    assert said_by_train[0].filename == __file__  # shown at the cell's line, not notebook_setup's
+    assert config.overwrite is False and (tmp_path / "run" / MARKER).is_file()
+    session.train(config, model=model, weights_record={})  # the cell, run again
+    assert config.overwrite is True and "re-run: replacing the run" in capsys.readouterr().out
+    assert all(torch.equal(start, initial) for start in starts)  # the same head, both times
+    assert torch.equal(session.untrained_head(model).weight, initial)
+    assert not torch.equal(model.fc.weight, initial)
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    with pytest.raises(NotebookStop, match="REPLACE_RUN = True"):
+        session.train(SimpleNamespace(out_dir=str(theirs), overwrite=None), model=model,
+                      weights_record={})
+    parameters["REPLACE_RUN"] = True  # read when the cell runs
+    model.fc = torch.nn.Linear(512, 1)  # a new head (the head cell, run again): the new start
+    session.train(SimpleNamespace(out_dir=str(theirs), overwrite=None), model=model,
+                  weights_record={})
+    assert torch.equal(starts[-1], session.untrained_head(model).weight)
+
+
+def test_what_the_notebook_prints_is_rounded_and_read_in_a_sentence():
+    from deepfake_detector.notebook_setup import (localisation_summary, metrics_table,
+                                                  randomisation_summary, robustness_summary)
+    rows = [{"perturbation": "clean", "accuracy_at_val_threshold": 0.9166666666666666,
+             "roc_auc": 0.95, "roc_auc 95% CI": [0.9, 0.99]},
+            {"perturbation": "jpeg_q50", "accuracy_at_val_threshold": 0.7,
+             "roc_auc": 0.42611111111111116, "roc_auc 95% CI": [0.3, 0.55]}]
+    text = robustness_summary(rows, 0.213)
+    assert "0.917" in text and "0.426" in text and "-0.524" in text and "1111" not in text
+    assert "largest drop is under **jpeg_q50**" in text and "run's threshold 0.213" in text
+    nan = float("nan")
+    text = localisation_summary({"n": 0, "threshold": 0.5, "pointing_game": nan,
+                                 "pointing_game_expected": nan, "mean_iou": nan,
+                                 "mean_iou_random": nan})
+    assert "nan" not in text and "—" in text and "No caught fake" in text
+    text = randomisation_summary([("fc", nan), ("layer4", nan)])
+    assert "nan" not in text and "Undefined (—)" in text
+    assert "correlation to 0.12" in randomisation_summary([("fc", 0.1234), ("layer4", 0.05)])
+    table = metrics_table({"threshold": 0.5, "val_threshold": 0.213, "accuracy": 0.8333333333,
+                           "accuracy_at_val_threshold": 0.9, "roc_auc": 0.95, "eer": 0.1,
+                           "ci": {"accuracy": [0.7, 0.95], "roc_auc": [0.9, 0.99]}})
+    assert "not the run's threshold, 0.213" in table and "the run's threshold 0.213" in table
+    assert "0.833" in table and "0.8333" not in table and "0.700–0.950" in table

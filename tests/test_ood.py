@@ -197,3 +197,107 @@ def test_a_run_without_plain_features_writes_no_statistics_and_says_so(tmp_path)
     lines = []
     assert fit_for_run(tmp_path / OOD_STATS, None, None, None, [], lines.append) is None
     assert not (tmp_path / OOD_STATS).exists() and "no OOD statistics" in lines[0]
+
+
+# ----------------------------------------------------------------------------- the layers' ensemble
+
+def layered(rng, n: int, far: float = 0.0, close: float = 1.0) -> tuple[dict, np.ndarray]:
+    """CapturedFeatures-like dicts, 6 features a layer, all driven by one latent per image (so the
+    layers' distances move together, as a network's do); `far` shifts the stem, `close` scales
+    the deep layers toward their means (a smooth picture, as a random-init backbone sees it)."""
+    from deepfake_detector.ood import LAYERS, PENULTIMATE
+    latent, labels = rng.normal(size=(n, 6)), np.arange(n) % 2
+    features = {}
+    for k, name in enumerate((*LAYERS, PENULTIMATE)):
+        mixing = np.random.default_rng(10 + k).normal(size=(6, 6))
+        own = (latent @ mixing + 0.5 * rng.normal(size=(n, 6))) * (close if k >= 3 else 1.0)
+        features[name] = own + labels[:, None] * 0.3 + (far if k == 0 else 0.0)
+    return features, labels
+
+
+def test_the_ensemble_flags_an_image_far_in_one_layer_and_too_close_in_another(tmp_path):
+    from deepfake_detector.ood import PENULTIMATE, REDUCED, fit_ensemble
+    rng = np.random.default_rng(6)
+    (train, labels), (val, _) = layered(rng, 600), layered(rng, 400)
+    stats = fit_ensemble(fit_ood(train[PENULTIMATE], labels, val[PENULTIMATE]), train, labels, val)
+    fresh, _ = layered(rng, 2000)
+    scores, percentiles, flags, reduced = stats.judge(fresh)
+    assert reduced is None and flags.mean() < 0.03  # held-out images of the domain pass
+    counts, _ = np.histogram(percentiles, bins=5, range=(0, 100))
+    assert np.all(np.abs(counts / 2000 - 0.2) < 0.05), counts
+    odd, _ = layered(rng, 100, far=2.0, close=0.4)  # the synthetic set, as CIFAKE's run sees it
+    assert stats.judge(odd)[2].mean() > 0.9
+    assert stats.flagged(stats.score(odd)).mean() < 0.1  # the 512 features alone miss them
+    noise = {name: rng.normal(0, 5, (20, 6)) for name in fresh}
+    assert stats.judge(noise)[2].all()
+    # On disk and back: the same scores; a file from before the layers loads without them.
+    stats.save(tmp_path / OOD_STATS)
+    again = OodStats.load(tmp_path / OOD_STATS)
+    assert np.array_equal(again.judge(fresh)[0], scores)
+    older = OodStats(stats.means, stats.whitening, stats.val_scores, stats.shrinkage,
+                     stats.n_train, {})
+    older.save(tmp_path / "old.npz")
+    old, = assess(OodStats.load(tmp_path / "old.npz"), {k: v[:1] for k, v in odd.items()}, [None])
+    assert old.reduced and REDUCED in old.note and "per-layer statistics" in old.note
+    whole, = assess(stats, {k: v[:1] for k, v in fresh.items()}, [(32, 32)])
+    assert whole.reduced is None and REDUCED not in whole.note
+
+
+def test_a_run_with_the_layers_scores_predict_from_one_read_of_each_file(run_to_change, split_data,
+                                                                        tmp_path, monkeypatch):
+    """The ensemble on the shared run (fitted here with a lower val minimum: the run has 16 val
+    images), through predict and the app; each file read once, its size from that read."""
+    from deepfake_detector import ood
+    from deepfake_detector.features import layer_statistics
+    from deepfake_detector.preprocessing import Preprocessing
+    from deepfake_detector.split_read import list_split
+    model, checkpoint = load_run(run_to_change, device="cpu")
+    prep = Preprocessing.from_checkpoint(checkpoint)
+    (train, labels), val = zip(*list_split(split_data, "train")), \
+        [path for path, _ in list_split(split_data, "val")]
+    monkeypatch.setattr(ood, "ENSEMBLE_MIN_VAL", 8)
+    passes = {}  # one pass per split: fit_for_run asks again for the same images
+
+    def layer_pass(paths):
+        key = tuple(paths)
+        if key not in passes:
+            passes[key] = layer_statistics(model, paths, prep)
+        return passes[key]
+    lines = []
+    ood.fit_for_run(run_to_change / OOD_STATS, layer_pass(list(train))[ood.PENULTIMATE], labels,
+                    layer_pass(val)[ood.PENULTIMATE], list(train), lines.append, val, layer_pass)
+    assert len(passes) == 2
+    assert "OOD statistics of 4 layers" in lines[0]
+    model, checkpoint = load_run(run_to_change, device="cpu")
+    assert checkpoint["ood"].ensemble is not None
+    rng = np.random.default_rng(8)
+    results = uploads.explain_uploads(model, checkpoint, [("noise.png", png(noise(rng)))])
+    assert results[0].unlike_training and results[0].band == uploads.NOT_LIKE_TRAINING
+    assert ood.REDUCED not in results[0].trust_note
+    folder = tmp_path / "predict"
+    folder.mkdir()
+    Image.fromarray(noise(rng, 32).astype(np.uint8)).save(folder / "noise.png")
+    Image.new("RGB", (600, 400), (90, 120, 150)).save(folder / "big.jpg")
+    for path in val[:6]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(ood, "header_size", None)  # predict reads no header a second time
+    rows = {row["image_id"]: row for row in iter_predictions(run_to_change, [folder],
+                                                             device="cpu")}
+    assert rows["noise.png"]["ood_flag"] and rows["big.jpg"]["size_flag"]
+    assert not any(rows[path.name]["ood_flag"] or rows[path.name]["size_flag"]
+                   for path in val[:6])  # the val images: the reference itself
+
+
+def test_the_decode_gives_the_native_size_even_of_a_reduced_jpeg(tmp_path):
+    from deepfake_detector.data import make_loader, try_open_image, uint8_transform
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(tmp_path / "big.jpg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.new("RGB", (30, 20)).save(tmp_path / "small.png")
+    image, reason, size = try_open_image(tmp_path / "big.jpg", 32, True)
+    assert reason is None and size == (640, 480) and image.size == (80, 60)  # decoded at 1/8
+    assert try_open_image(tmp_path / "empty.png", None, True)[0::2] == (None, None)
+    items = [(tmp_path / name, -1) for name in ("big.jpg", "empty.png", "small.png")]
+    images, _, indices, failures, sizes = next(iter(make_loader(
+        items, uint8_transform(32), 8, skip_unreadable=True, decode_size=32, with_size=True)))
+    assert indices.tolist() == [0, 2] and [i for i, _ in failures] == [1]
+    assert sizes.tolist() == [[640, 480], [30, 20]] and images.shape == (2, 32, 32, 3)

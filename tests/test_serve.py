@@ -37,7 +37,7 @@ def test_the_command_execs_streamlit_on_localhost_without_usage_statistics(train
     options = dict(zip(argv[5:argv.index("--"):2], argv[6:argv.index("--"):2]))
     assert options == {"--server.address": "127.0.0.1", "--server.port": "8765",
                        "--server.headless": "true", "--browser.gatherUsageStats": "false",
-                       "--server.maxUploadSize": "20", "--server.fileWatcherType": "none",
+                       "--server.maxUploadSize": "100", "--server.fileWatcherType": "none",
                        "--client.toolbarMode": "minimal"}
     assert argv[argv.index("--") + 1:] == ["--run", str(trained_run.resolve())]
     assert env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] == "false"
