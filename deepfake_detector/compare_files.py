@@ -250,6 +250,13 @@ def compare_runs(paths, data_dir, split: str | None = None, out=None, n_bootstra
     return result
 
 
+def comparison_flags(entries: list[Entry]) -> list[str]:
+    """RANDOM INIT, SYNTHETIC DATA: a flag of any compared run flags the comparison's tables and
+    figure, which leave the runs' folders and go into papers on their own."""
+    from .run_flags import flags_of_config
+    return list(dict.fromkeys(flag for entry in entries for flag in flags_of_config(entry.settings)))
+
+
 def write_comparison(out: Path, items, entries: list[Entry], result: dict, n_bootstrap: int,
                      seed: int) -> None:
     """compare.json, compare.md, predictions.csv, tables/{runs,pairs}.{md,csv,tex},
@@ -260,13 +267,14 @@ def write_comparison(out: Path, items, entries: list[Entry], result: dict, n_boo
     runs = run_rows(result, result["settings_that_differ"])
     pairs = pair_rows(result)
     level = f"{round(100 * result['ci_level'])}%"
+    flags = comparison_flags(entries)
     write_table(runs, out / "tables" / "runs", caption=f"Runs on the same {len(y)} images "
-                f"({result['split']} of {result['data']}), ROC-AUC with {level} CI")
+                f"({result['split']} of {result['data']}), ROC-AUC with {level} CI", flags=flags)
     write_table(pairs, out / "tables" / "pairs", caption="Paired tests, AUC difference A - B"
                 + (", Holm-corrected across the pairs" if result["holm"] else ""),
-                float_format=PAIR_FORMAT)
+                float_format=PAIR_FORMAT, flags=flags)
     save_figure(plot_roc_overlay(y, entries, result, n_bootstrap, seed),
-                out / "figures" / "roc_overlay")
+                out / "figures" / "roc_overlay", flags=flags)
     plt.close("all")
     columns = {entry.name: entry.scores for entry in entries}
     lines = ["path,label," + ",".join(json.dumps(name) for name in columns)]

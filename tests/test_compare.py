@@ -171,6 +171,8 @@ def test_seeds_compare_and_runs_end_to_end(trained_run, split_data, tmp_path, ca
     assert result["holm"] and "delong_p_holm" in same and result["runs"][2]["seeds"] == [0, 1]
     for name in ("runs", "pairs"):
         assert all((out / "tables" / f"{name}.{ext}").is_file() for ext in ("md", "csv", "tex"))
+        # random-init runs: the comparison's tables say so too (they go into papers on their own)
+        assert (out / "tables" / f"{name}.csv").read_text().startswith("# RANDOM INIT")
     assert (out / "figures" / "roc_overlay.png").stat().st_size > 10_000
     assert not {"Δ", "−"} & set((out / "tables" / "pairs.tex").read_text())  # LaTeX fonts lack them
     assert main(["compare", str(trained_run), str(cli_run), "--data", str(split_data),
