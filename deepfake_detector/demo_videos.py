@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import CLASS_NAMES, __version__
-from .files import atomic_write
+from .files import atomic_write, read_json_object
 from .folder_lock import folder_lock
 
 if TYPE_CHECKING:  # numpy and demo_data are imported where frames are made, not by --help
@@ -143,7 +143,7 @@ def generate_demo_videos(out_dir: str | os.PathLike, n_per_class: int = DEMO_VID
                   "n_per_class": n_per_class, "image_size": size, "n_frames": n_frames,
                   "fps": fps, "codec": codec, "fake": FAKE_DEFAULTS}
     parameters = json.loads(json.dumps(parameters))
-    saved = read_json(out_dir / GENERATION_FILE)
+    saved = read_json_object(out_dir / GENERATION_FILE)
     if saved and {k: v for k, v in saved.items() if k not in ("package_version", "spans")} \
             == parameters:
         return out_dir
@@ -180,14 +180,6 @@ def write_demo_video(out_dir: Path, seed: int, label: str, index: int, size: int
             yield frame
     write_video(out_dir / label / name, frames(), fps, codec)
     return {name: [masked[0], masked[-1] + 1]} if masked else {}
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # --------------------------------------------------------------------------- composed faces

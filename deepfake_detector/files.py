@@ -135,6 +135,17 @@ def check_output_folder(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in `path`; None when the file is absent, unreadable, not JSON or not an
+    object: for the files a command reads back to decide what is there (its own records, a run's
+    config), where anything else means "not ours", never a crash."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     """`obj` as indented UTF-8 JSON, written whole or not at all; what JSON cannot hold (a Path, a
     torch.device) is written as its str."""

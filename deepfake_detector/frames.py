@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .discovery import class_of_folder
 from .faces import check_faces_extra, crop, face_box, load_detector
-from .files import atomic_write, check_output_folder, fitting_name, write_json
+from .files import atomic_write, check_output_folder, fitting_name, read_json_object, write_json
 from .folder_lock import LOCK_FILE, folder_lock
 from .frames_manifest import (FRAMES_COLUMNS, FRAMES_CSV, FRAMES_JSON, WRITTEN_BY, FrameSettings,
                               frame_name, read_frames_json)
@@ -164,11 +164,8 @@ def fingerprint(path: Path) -> dict:
 
 def read_record(out_dir: Path, job: VideoJob) -> dict | None:
     """The record of a video done before with the same file, or None (not done, or changed)."""
-    try:
-        record = json.loads(record_path(out_dir, job).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    same = (isinstance(record, dict) and record.get("version") == RECORD_VERSION
+    record = read_json_object(record_path(out_dir, job))
+    same = (record is not None and record.get("version") == RECORD_VERSION
             and record.get("video") == job.relative and record.get("file") == fingerprint(job.path))
     return record if same else None
 

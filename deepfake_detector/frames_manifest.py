@@ -10,13 +10,13 @@ No torch here; nothing is written (frames.py writes).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .faces import DEFAULT_DETECT_WIDTH, DEFAULT_SCALE, FACE_MODES
+from .files import read_json_object
 from .video import DEFAULT_PER_VIDEO
 
 FRAMES_CSV = "frames.csv"
@@ -83,12 +83,8 @@ def frame_name(index: int, settings: FrameSettings) -> str:
 
 def read_frames_json(folder: str | os.PathLike) -> dict | None:
     """frames.json of `folder` when the `frames` command wrote it there, else None."""
-    path = Path(folder) / FRAMES_JSON
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("written_by") == WRITTEN_BY else None
+    record = read_json_object(Path(folder) / FRAMES_JSON)
+    return record if record is not None and record.get("written_by") == WRITTEN_BY else None
 
 
 def frame_settings_of(folder: str | os.PathLike) -> FrameSettings | None:

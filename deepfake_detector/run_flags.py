@@ -11,8 +11,9 @@ No torch, no matplotlib.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .files import read_json_object
 
 # run_dir.CONFIG_JSON (tests/test_report_agrees.py checks they agree), not imported from there:
 # figures and tables import this module, and run_dir's imports must stay free to reach them.
@@ -63,11 +64,8 @@ def flag_record(flags: list[str]) -> dict:
 def read_config(run_dir) -> dict | None:
     """run_dir/config.json when it is a run's (a JSON object with a weights record), else None;
     never raises (run_dir.read_run_config is the checking reader)."""
-    try:
-        config = json.loads((Path(run_dir) / CONFIG_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) and weights_record_of(config) is not None else None
+    config = read_json_object(Path(run_dir) / CONFIG_JSON)
+    return config if config is not None and weights_record_of(config) is not None else None
 
 
 def flags_of_run(run_dir) -> list[str]:

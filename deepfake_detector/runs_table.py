@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from .files import read_json_object
 from .run_dir import (CONFIG_JSON, METRICS_TEST_JSON, METRICS_VAL_JSON, RunFileError,
                       read_run_config)
 from .seeds import SEEDS_JSON
@@ -45,21 +46,13 @@ def find_runs(root) -> list[Path]:
     return sorted(found)
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def made_by(run: Path) -> str:
     """Who made the run: the notebook (its marker), train --seeds (a seed group), or train."""
     if (run / NOTEBOOK_MARKER).is_file():
         return "notebook"
     if (run.parent / SEEDS_JSON).is_file():
         return f"train --seeds ({run.parent.name})"
-    if "parent_run" in (read_json(run / CONFIG_JSON) or {}):
+    if "parent_run" in (read_json_object(run / CONFIG_JSON) or {}):
         return "finetune"
     return "train"
 
@@ -78,8 +71,8 @@ def run_row(run: Path, root: Path) -> tuple[dict, dict]:
         config = read_run_config(run)
     except (RunFileError, OSError) as error:
         return {"run": name, "made by": made_by(run), "date": f"unreadable: {error}"}, {}
-    val = read_json(run / METRICS_VAL_JSON) or {}
-    test = read_json(run / METRICS_TEST_JSON) or {}
+    val = read_json_object(run / METRICS_VAL_JSON) or {}
+    test = read_json_object(run / METRICS_TEST_JSON) or {}
     row = {"run": name, "made by": made_by(run), "date": config.get("trained_at"),
            "weights": weights_text(config), "data": config.get("data_dir"),
            "val AUC": val.get("roc_auc"), "val AUC 95% CI": (val.get("ci") or {}).get("roc_auc"),

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .frames_manifest import FRAMES_JSON
-from .frames_manifest import WRITTEN_BY as FRAMES_WRITTEN_BY
+from .frames_manifest import read_frames_json
 
 AGGREGATION = "mean P(fake) over a video's frames (as DeepfakeBench)"
 COUNTS_NOTE = ("each video counts once (its frames' mean P(fake)); n_images, n_real and n_fake "
@@ -35,12 +34,8 @@ def frames_record(folder) -> dict | None:
     """{"frames_dir", "settings"}: how the `frames` command made the frames in `folder` (the
     settings of its frames.json, as frames_manifest.FrameSettings.as_dict() wrote them), or None
     when `folder` was not made by `frames`."""
-    try:
-        record = json.loads((Path(folder) / FRAMES_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("written_by") != FRAMES_WRITTEN_BY \
-            or not isinstance(record.get("settings"), dict):
+    record = read_frames_json(folder)
+    if record is None or not isinstance(record.get("settings"), dict):
         return None
     return {"frames_dir": str(folder), "settings": record["settings"]}
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import nbformat
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_app_browser import CHROMIUM, CHROMEDRIVER, free_port, on_screen, why_no_browser  # noqa: E402
+from test_app_browser import chromium, free_port, on_screen, stop, why_no_browser  # noqa: E402
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "deepfake_detector.ipynb"
 QUIET_LAB = {  # no news or update toasts over the screenshots
@@ -83,29 +82,6 @@ def start_lab(project: Path, root: Path) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"JupyterLab did not answer at {url}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-def chromium(user_data_dir: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--window-size=1280,900",
-                 f"--user-data-dir={user_data_dir}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
 RUNNING = """
@@ -162,7 +138,6 @@ upload.upload.value = ({{"name": _path.Path({path!r}).name, "type": "image/png",
 
 
 def shoot(driver, out: Path, project: Path) -> list[Path]:
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     wait = WebDriverWait(driver, 60)
     shots = []
@@ -217,7 +192,7 @@ def main(argv=None) -> int:
     server, url = start_lab(project, root)
     driver = None
     try:
-        driver = chromium(Path(tempfile.mkdtemp(prefix="chromium-")))
+        driver = chromium(Path(tempfile.mkdtemp(prefix="chromium-")), window_size="1280,900")
         on_screen(driver)
         started = time.monotonic()
         run_all(driver, url, args.timeout)

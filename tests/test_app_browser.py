@@ -32,7 +32,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1400,1600")
+                  "--disable-component-update", "--disable-sync")
 
 
 def why_no_browser() -> str | None:
@@ -96,15 +96,15 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-def chromium(user_data_dir: Path):
+def chromium(user_data_dir: Path, window_size: str = "1400,1600"):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
+    for flag in (*CHROMIUM_FLAGS, f"--window-size={window_size}",
+                 f"--user-data-dir={user_data_dir}"):
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={user_data_dir}")
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
