@@ -312,10 +312,6 @@ def keep_most_confident(heap: list, example: dict, index: int, k: int) -> None:
         heapq.heapreplace(heap, item)
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    atomic_write(path, lambda f: write_csv_rows(f, rows))
-
-
 def write_csv_rows(f, rows: list[dict]) -> None:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -27,7 +27,7 @@ from .images import warn_multi_frame
 from .ood import CapturedFeatures, assess
 from .manifest import recording
 from .preprocessing import Preprocessing, check_precision
-from .discovery import check_image, find_images
+from .discovery import find_images
 from .folder_lock import locks_folders
 from .run_dir import METRICS_TEST_JSON, load_run, read_run_config
 from .split_read import list_labelled_folder, list_split
@@ -166,17 +166,6 @@ def warn_skipped(skipped: list[tuple[Path, str]], stacklevel: int = 3, list_file
             write_skipped_list(skipped, list_file)
     warnings.warn(skipped_message(f"{len(skipped)} file(s) could not be read and were skipped",
                                   skipped, list_file), stacklevel=stacklevel)
-
-
-def readable_images(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Expand folders to their images; set aside files that cannot be decoded (with the reason).
-    Decodes every file: predict_paths does not call this, it skips such files while predicting."""
-    readable, skipped = [], []
-    for path in list_images(paths):
-        reason = check_image(path)
-        (skipped.append((path, reason)) if reason else readable.append(path))
-    warn_skipped(skipped)
-    return readable, skipped
 
 
 def image_ids(paths: list[Path], roots: list[Path]) -> list[str]:
