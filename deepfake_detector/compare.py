@@ -22,7 +22,7 @@ import numpy as np
 from scipy.stats import norm
 
 from .delong import (delong_covariance, holm, mcnemar_exact, paired_bootstrap_aucs,
-                     percentile_interval)
+                     percentile_endpoint_bounds, percentile_interval)
 from .metrics import check_inputs, equal_error_rate, rank_roc_auc
 
 LEVEL = 0.95
@@ -114,9 +114,10 @@ def pair_summary(y, entries, runs, aucs, cov, replicates, a: int, b: int) -> dic
         z, p_delong = delta / se, float(2 * norm.sf(abs(delta / se)))
     correct = [(entries[i].scores >= entries[i].threshold) == y for i in (a, b)]
     mcnemar = mcnemar_exact(*correct)
+    deltas = replicates[:, a] - replicates[:, b]
     pair = {"a": entries[a].name, "b": entries[b].name, "delta_auc": delta,
-            "delta_auc_ci_bootstrap": percentile_interval(replicates[:, a] - replicates[:, b],
-                                                          LEVEL),
+            "delta_auc_ci_bootstrap": percentile_interval(deltas, LEVEL),
+            "delta_auc_ci_bootstrap_mc_bounds": percentile_endpoint_bounds(deltas, LEVEL),
             "delta_auc_se_delong": se,
             "delta_auc_ci_delong": [delta - Z_LEVEL * se, delta + Z_LEVEL * se],
             "delong_z": float(z), "delong_p": p_delong,

@@ -287,14 +287,22 @@ def write_comparison(out: Path, items, entries: list[Entry], result: dict, n_boo
                                     encoding="utf-8")
 
 
+def monte_carlo_note(result: dict) -> str:
+    """How precisely the resamples fix the ΔAUC intervals' ends, largest over the pairs."""
+    error = max((max(hi - lo for lo, hi in pair["delta_auc_ci_bootstrap_mc_bounds"]) / 2
+                 for pair in result["pairs"]), default=0.0)
+    return (f" (at this many resamples the ΔAUC intervals' ends are known to ±{error:.4f}, their "
+            "Monte Carlo error; a larger --n-bootstrap shrinks it)")
+
+
 def comparison_markdown(result: dict, runs, pairs, markdown_table) -> str:
     """compare.md: the two tables, the guards' notes and how to read a p-value here."""
     notes = result["notes"] + [f"{pair['a']} against {pair['b']}: {pair['dominant_noise']}"
                                for pair in result["pairs"] if "dominant_noise" in pair]
     text = [f"# Comparison on {result['split']} of {result['data']}", "",
             markdown_table(runs), "", markdown_table(pairs, PAIR_FORMAT), "",
-            f"Intervals: {result['ci_method']}, {result['n_bootstrap']} resamples. Tests: "
-            + "; ".join(f"{k}: {v}" for k, v in result["tests"].items() if v) + ".", ""]
+            f"Intervals: {result['ci_method']}, {result['n_bootstrap']} resamples{monte_carlo_note(result)}. "
+            "Tests: " + "; ".join(f"{k}: {v}" for k, v in result["tests"].items() if v) + ".", ""]
     text += [f"- {note}" for note in notes] + ([""] if notes else [])
     text += ["A p-value here answers one question: if the two runs ranked images equally well "
              "*on images like these*, how often would a test set of this size show a difference at "

@@ -15,8 +15,10 @@ import pytest
 
 from deepfake_detector.compare import Entry, compare_entries
 from deepfake_detector.compare_files import guard_notes
-from deepfake_detector.delong import (bootstrap_counts, delong_covariance, delong_test, holm,
-                                      mcnemar_exact, paired_bootstrap_aucs)
+from deepfake_detector.delong import (bootstrap_counts, delong_covariance, delong_test,
+                                      exact_bootstrap_variance, holm, mcnemar_exact,
+                                      paired_bootstrap_aucs, percentile_endpoint_bounds,
+                                      percentile_interval)
 from deepfake_detector.metrics import rank_roc_auc
 from deepfake_detector.seeds import parse_seeds
 
@@ -63,6 +65,47 @@ def test_the_paired_bootstrap_scores_the_resampled_images():
         assert np.bincount(y[drawn]).tolist() == np.bincount(y).tolist()  # stratified
         for k, row in enumerate(scores):
             assert replicates[r, k] == pytest.approx(rank_roc_auc(y[drawn], row[drawn]), abs=1e-12)
+
+
+def test_the_exact_bootstrap_variance_is_the_variance_over_every_resample():
+    import itertools
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    rng = np.random.default_rng(0)
+    a, b = np.round(rng.random(7), 1), np.round(rng.random(7), 1)  # ties within and across
+    fakes, reals = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    deltas = []  # all 3^3 x 4^4 stratified resamples, each equally likely
+    for drawn_fakes in itertools.product(fakes, repeat=fakes.size):
+        for drawn_reals in itertools.product(reals, repeat=reals.size):
+            drawn = np.r_[drawn_fakes, drawn_reals]
+            deltas.append(rank_roc_auc(y[drawn], a[drawn]) - rank_roc_auc(y[drawn], b[drawn]))
+    assert exact_bootstrap_variance(y, a, b) == pytest.approx(np.var(deltas), abs=1e-12)
+
+
+def test_percentile_endpoint_bounds_hold_the_limit_quantiles():
+    held = 0
+    for seed in range(40):  # normal replicates: the limit interval is +-1.96
+        replicates = np.random.default_rng(seed).normal(size=2000)
+        (low_lo, low_hi), (high_lo, high_hi) = percentile_endpoint_bounds(replicates, 0.95, 0.95)
+        lo, hi = percentile_interval(replicates)
+        assert low_lo <= lo <= low_hi and high_lo <= hi <= high_hi
+        held += (low_lo <= -1.959964 <= low_hi) + (high_lo <= 1.959964 <= high_hi)
+    assert held >= 0.9 * 80  # 95% bounds: about 76 of the 80 ends, not fewer than 72
+
+
+def test_in_a_large_sample_the_bootstrap_and_delong_agree():
+    """6,000 images: the paired bootstrap's variance is its closed form's, which is DeLong's to
+    O(1/n); DeLong's interval lies within what 4,000 resamples know of the bootstrap's ends (the
+    cifake-dev case, with 400,000 resamples, is in benchmarks/compare_runs.py)."""
+    y, scores = scored(n=6000, strength=(1.0, 1.15))
+    exact = exact_bootstrap_variance(y, scores[0], scores[1])
+    delong = delong_test(y, scores[0], scores[1])
+    assert np.sqrt(exact) == pytest.approx(delong["se"], rel=2e-3)
+    replicates = paired_bootstrap_aucs(y, scores, n_bootstrap=4000, seed=0)
+    deltas = replicates[:, 0] - replicates[:, 1]
+    assert np.var(deltas) == pytest.approx(exact, rel=0.1)  # a variance of 4,000 draws: +-4.5%
+    (low_lo, low_hi), (high_lo, high_hi) = percentile_endpoint_bounds(deltas, 0.95, 0.99)
+    d_lo, d_hi = delong["ci"]
+    assert low_lo <= d_lo <= low_hi and high_lo <= d_hi <= high_hi
 
 
 def test_mcnemar_and_holm_give_the_known_answers():
