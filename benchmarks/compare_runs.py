@@ -1,12 +1,13 @@
 """Is B better than A, and what does a seed cost? (issue 25) On the CIFAKE dev sample:
 
-1. a split (80/10/10) and two runs, 32 px (CIFAKE's own size) against 64 px (random init: no
-   ImageNet weights here);
+1. a split (80/10/10) and three runs, 32 px (CIFAKE's own size), 64 px and 128 px (random init:
+   no ImageNet weights here);
 2. `train --seeds 0,1,2,3,4` at 64 px and at 224 px, each from a cold cache: the wall time of
    the five seeds against that of the first seed's run, which does all a one-seed run does
    (target <= 1.5x at 224 px: one extraction, five heads);
-3. `compare` of the 32 px run, the 64 px run and the 64 px seed group on the test split: the
-   tables and the ROC-overlay figure, and the paired bootstrap interval of ΔAUC beside DeLong's;
+3. `compare` of the 32, 64 and 128 px runs and the 64 px seed group on the test split: the
+   tables and the ROC-overlay figure, and the paired bootstrap interval of ΔAUC beside DeLong's
+   (64 px against 128 px);
 4. the large-sample case, held out: a second split (40/10/50), 32 px against 64 px again, compared
    on its 5,000 test images; the paired bootstrap's interval of ΔAUC from 400,000 resamples (with
    the Monte Carlo bounds of its ends) and its closed-form variance, beside DeLong's interval;
@@ -75,6 +76,9 @@ def train_runs(work: Path, split: Path) -> dict:
     seconds["32 px"] = timed(work, "train 32 px", CLI + ["train", *common, "--img-size", "32",
                                                           "--out", str(work / "runs" / "px32"),
                                                           "--cache-dir", str(work / "cache32")])
+    seconds["128 px"] = timed(work, "train 128 px", CLI + [
+        "train", *common, "--img-size", "128", "--out", str(work / "runs" / "px128"),
+        "--cache-dir", str(work / "cache128")])
     seconds["five seeds, 224 px"] = timed(work, "train 224 px, seeds 0-4", CLI + [
         "train", *common, "--img-size", "224", "--seeds", "0,1,2,3,4",
         "--out", str(work / "runs" / "px224-seeds"), "--cache-dir", str(work / "cache224-five")])
@@ -82,14 +86,14 @@ def train_runs(work: Path, split: Path) -> dict:
 
 
 def compare_cifake(work: Path, split: Path) -> dict:
-    out = work / "compare"
-    runs = [work / "runs" / "px32", work / "runs" / "px64", work / "runs" / "px64-seeds"]
-    seconds = timed(work, "compare 3 entries", CLI + ["compare", *map(str, runs), "--data",
+    out = work / "compare4"
+    runs = [work / "runs" / name for name in ("px32", "px64", "px128", "px64-seeds")]
+    seconds = timed(work, "compare 4 entries", CLI + ["compare", *map(str, runs), "--data",
                                                       str(split), "--split", "test", "--out",
                                                       str(out)])
     result = json.loads((out / "compare.json").read_text())
     result["seconds"] = seconds["wall"]
-    result["group"] = json.loads((runs[2] / "seeds.json").read_text())
+    result["group"] = json.loads((runs[3] / "seeds.json").read_text())
     result["group_224"] = json.loads((work / "runs" / "px224-seeds" / "seeds.json").read_text())
     return result
 
@@ -206,7 +210,8 @@ def results_markdown(train_seconds: dict, result: dict, speed: dict, figure: str
     five = train_seconds["five seeds"]
     group, pair, seeds = runs.get("px64-seeds", {}), result["pair"], result["group"]
     g224 = result["group_224"]
-    passes = backbone_seconds(Path(result["paths"][2]) / f"seed-{seeds['seeds'][0]}" / "train.log")
+    group_dir = next(Path(path) for path in result["paths"] if str(path).endswith("px64-seeds"))
+    passes = backbone_seconds(group_dir / f"seed-{seeds['seeds'][0]}" / "train.log")
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/compare_runs.py` on "
         f"{machine(torch.device('cpu'))['cpu']}, 2 cores shared with other jobs (load average "
@@ -237,7 +242,7 @@ def results_markdown(train_seconds: dict, result: dict, speed: dict, figure: str
         f"{fmt_range(group.get('member_auc_range'))}), against one run's 95% bootstrap CI of width "
         f"{width(runs.get('px64', {}).get('roc_auc_ci')):.4f}: the seed moves the AUC far less "
         "than the test set's sampling does.",
-        f"- **Speed**: `compare` of the three entries on 1,000 test images: {result['seconds']:.0f} s "
+        f"- **Speed**: `compare` of the four entries on 1,000 test images: {result['seconds']:.0f} s "
         f"wall (features from the runs' caches). The core on {speed['n_images']:,} images x "
         f"{speed['n_runs']} synthetic runs ({speed['pairs']} pairs, 1,000 paired bootstrap "
         f"resamples, DeLong, McNemar, Holm): {speed['numbers_seconds']:.1f} s wall "
@@ -302,13 +307,13 @@ def main() -> None:
                               "--link-mode", "hardlink"], check=True, cwd=ROOT)
     train_seconds = train_runs(work, split)
     result = compare_cifake(work, split)
-    result["tables"] = {name: (work / "compare" / "tables" / f"{name}.md").read_text().split("\n\n", 1)[1].strip()
+    result["tables"] = {name: (work / "compare4" / "tables" / f"{name}.md").read_text().split("\n\n", 1)[1].strip()
                         for name in ("runs", "pairs")}
     result["heldout"] = heldout_intervals(work)
-    result["pair"] = next(p for p in result["pairs"] if p["a"].endswith("px32") and p["b"].endswith("px64"))
+    result["pair"] = next(p for p in result["pairs"] if p["a"].endswith("px64") and p["b"].endswith("px128"))
     speed = synthetic_speed(work)
     figure = "docs/compare_roc_overlay.png"
-    shutil.copyfile(work / "compare" / "figures" / "roc_overlay.png", ROOT / figure)
+    shutil.copyfile(work / "compare4" / "figures" / "roc_overlay.png", ROOT / figure)
     text = results_markdown(train_seconds, result, speed, figure)
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
