@@ -46,6 +46,8 @@ app: $(BIN)/.installed-app
 	$(BIN)/python -m deepfake_detector app --demo
 
 # JupyterLab with ipywidgets: the threshold slider, image browser and upload box work live.
+# jupyter_lab_config.py gives its kernels the headless runner's sockets (CurveZMQ-encrypted, or
+# IPC files only you can open where pyzmq lacks CurveZMQ), so ipykernel has no cause to warn.
 # In a git clone it first installs nbstripout as the git filter that .gitattributes names (git
 # config of this clone only): autosaved outputs and execution counts never reach `git diff` or
 # a commit; cell ids are kept. Undo: .venv/bin/nbstripout --uninstall
@@ -57,7 +59,7 @@ lab: $(BIN)/.installed
 		git config diff.ipynb.textconv "\"$$PY\" -m nbstripout --keep-id -t" || \
 		echo "note: nbstripout's git filter was not installed: commit the notebook without outputs by hand"; \
 	fi
-	$(BIN)/jupyter lab notebooks/deepfake_detector.ipynb
+	$(BIN)/jupyter lab --config=jupyter_lab_config.py notebooks/deepfake_detector.ipynb
 
 benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_speed.py

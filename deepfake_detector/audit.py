@@ -43,6 +43,7 @@ from .folder_lock import folder_lock, locks_folders
 from .manifest import recording
 from .discovery import inspect_image
 from .files import printable
+from .run_flags import flag_note, flags_of_path
 from .split_read import SPLITS, list_labelled_folder, read_split_manifest
 
 # When a difference becomes a flag.
@@ -282,13 +283,16 @@ def duplicate_flags(dups: dict) -> list[str]:
 # ----------------------------------------------------------------------------- the audit
 
 @locks_folders(lambda a: (a["out_dir"],))  # a given out_dir: refused before the work
-def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
+def audit_split(data_dir, out_dir=None, seed: int = 0, run_flags: list[str] | None = None) -> dict:
     """Audit data_dir (a split, a hand-made split, or one folder with real/ and fake/).
 
     Returns the findings (JSON-ready); `flags` lists every problem found, and they are also
     issued as one AuditWarning. Writes audit.json, audit.md, tables/audit_*.{md,csv,tex} and
     figures/audit_file_size.{png,pdf} to out_dir: by default data_dir/audit/ when data_dir is a
-    split made by split_dataset, otherwise outputs/audit/<folder name> (raw data are only read)."""
+    split made by split_dataset, otherwise outputs/audit/<folder name> (raw data are only read).
+    `run_flags` (RANDOM INIT, SYNTHETIC DATA) go on its figure, tables and audit.md: train passes
+    its run's, whose config.json is not written yet; default: those of the run out_dir lies in
+    (run_flags.flags_of_path), none outside a run."""
     data_dir = Path(data_dir)
     records, source, unreadable = image_records(data_dir)
     if not records:
@@ -340,7 +344,7 @@ def audit_split(data_dir, out_dir=None, seed: int = 0) -> dict:
     out = Path(out_dir)
     # One writer (folder_lock.py); into a run's manifest when written into a run (train's audit/)
     with folder_lock(out), recording(out):
-        write_audit(findings, records, out)
+        write_audit(findings, records, out, run_flags)
     findings["out_dir"] = str(out)
     if flags:
         warnings.warn(f"Data audit of {data_dir} found {len(flags)} possible shortcut(s) or "
@@ -418,7 +422,11 @@ def plot_file_sizes(records: list[dict]):
     return fig
 
 
-def write_audit(findings: dict, records: list[dict], out: Path) -> None:
+def write_audit(findings: dict, records: list[dict], out: Path,
+                run_flags: list[str] | None = None) -> None:
+    """audit.json, the tables, the figure and audit.md; `run_flags` as audit_split says."""
+    figure = out / "figures" / "audit_file_size"
+    run_flags = flags_of_path(figure) if run_flags is None else run_flags  # as save_figure would
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(findings, indent=2) + "\n", encoding="utf-8")
     tables = {
@@ -431,16 +439,19 @@ def write_audit(findings: dict, records: list[dict], out: Path) -> None:
     }
     for stem, (rows, caption) in tables.items():
         if rows:
-            write_table(rows, out / "tables" / stem, caption=caption, float_format="{:.3f}")
+            write_table(rows, out / "tables" / stem, caption=caption, float_format="{:.3f}",
+                        flags=run_flags)
     fig = plot_file_sizes(records)
-    save_figure(fig, out / "figures" / "audit_file_size")
+    save_figure(fig, figure, flags=run_flags)
     plt.close(fig)
-    (out / "audit.md").write_text(audit_markdown(findings, tables), encoding="utf-8")
+    (out / "audit.md").write_text(audit_markdown(findings, tables, run_flags), encoding="utf-8")
 
 
-def audit_markdown(findings: dict, tables: dict) -> str:
+def audit_markdown(findings: dict, tables: dict, run_flags: list[str] = ()) -> str:
     dups = findings["duplicates"]
+    note = flag_note(list(run_flags))  # the run's flags, as write_table notes them
     lines = [f"# Data audit: {findings['data_dir']}", "",
+             *([f"_Note: **{note}**._", ""] if note else []),
              f"{findings['n_images']} images (from the {findings['source']}). Counts per split:", "",
              markdown_table([{"split": s, **c} for s, c in findings["counts"].items()]), "",
              "## Flags", ""]

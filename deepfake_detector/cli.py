@@ -32,7 +32,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import (PRECISIONS, TrainConfig, image_size,  # noqa: F401 (re-exported)
-                     port_number, positive_float_or_find, positive_int, seed_number)
+                     port_number, positive_int, seed_number)
 from .cli_clip import add_video_options
 from .cli_compare import add_compare, add_runs, add_train_seeds
 from .cli_report import add_report

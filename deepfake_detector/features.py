@@ -5,7 +5,9 @@ image through ResNet-18 again each epoch only repeats work. One pass here, then 
 training costs milliseconds. The cache key covers everything the features depend on (the files'
 bytes, their order and labels, image size, how they are decoded and resized, normalisation,
 augmentation, the backbone's exact weights, library versions), so a change can never serve stale
-features.
+features. The same un-augmented pass takes what the OOD score's layers are fitted on (ood.py), for
+an evenly spaced sample of the images, and the cache file keeps it beside the features
+(cached_extraction): training makes no second pass for it.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision
@@ -31,7 +34,9 @@ from .model import backbone_features, backbone_fingerprint
 from .preprocessing import Preprocessing, check_precision
 
 # 2: images.py decodes 16-bit, float and transparent images differently; 3: the key holds the
-# decode mode (reduced-size JPEG decoding) and where the resize ran (PIL or the device)
+# decode mode (reduced-size JPEG decoding) and where the resize ran (PIL or the device). The
+# OOD layers' statistics an entry may hold beside the features (cached_extraction) did not change
+# the features: an entry written before them keeps its key and is read (stored_layers).
 CACHE_FORMAT = 3
 # Feature sets larger than this are stored as float16 on disk (half the size; ~1e-3 relative error).
 FLOAT16_ABOVE_N_IMAGES = 100_000
@@ -162,7 +167,7 @@ class Views:
 
 def extract_features(model, items, prep: Preprocessing, augmentation=None, batch_size: int = 64,
                      num_workers: int | None = None, desc: str = "features",
-                     seed: int = 0) -> torch.Tensor:
+                     seed: int = 0, layers: dict | None = None) -> torch.Tensor:
     """(N, 512) float32 features of `items` [(path, label)], in order, on the CPU (under torchrun:
     on rank 0, from every rank's share; None on the other ranks), computed where the model is.
 
@@ -171,7 +176,12 @@ def extract_features(model, items, prep: Preprocessing, augmentation=None, batch
     large JPEG at reduced size with prep.decode "draft") and, with the "pil" resize, resize to
     uint8; this process resizes ("device"), normalises each batch and runs the backbone on it, in
     prep.precision (autocast_for); the features come back as float32 whatever it computed in.
+
+    `layers` (a dict; un-augmented passes only): filled on rank 0, from this same pass, with what
+    the OOD score's layers are fitted on (ood.fit_for_run) for the rows ood.evenly_spaced(N) alone
+    (memory bounded however many images): sample_layers' dict, as layer_statistics takes them.
     """
+    from .ood import PENULTIMATE, CapturedFeatures, evenly_spaced
     device = next(model.parameters()).device
     resize = resolve_resize(prep.resize, device, augmentation)
     generator = torch.Generator().manual_seed(seed)
@@ -182,20 +192,46 @@ def extract_features(model, items, prep: Preprocessing, augmentation=None, batch
                          generator=generator, num_workers=num_workers, device=device,
                          decode_size=prep.decode_size)
     on_device = prep.img_size if resize == "device" else None
-    features = None  # sized by the backbone's output, whatever head sits on top (a notebook's own)
-    with inference_pass(model, device, prep.precision):
-        batches = ((indices, backbone_features(model, normalize_batch(images, prep.mean, prep.std,
-                                                                      device, on_device)))
-                   for images, _, indices in tqdm(decoded_ahead(loader), total=len(loader),
-                                                 desc=desc, unit="batch", leave=False))
-        on_cpu = ((indices, output.float().cpu()) for indices, output in lagged(batches, device))
-        for indices, output in distributed.in_input_order(on_cpu):
+    sample = None if layers is None or augmentation else torch.from_numpy(evenly_spaced(len(items)))
+    features, parts = None, []  # sized by the backbone's output, whatever head sits on top
+
+    def batches(captured):
+        for images, _, indices in tqdm(decoded_ahead(loader), total=len(loader), desc=desc,
+                                       unit="batch", leave=False):
+            if sample is not None:  # the hooks take this batch's sample rows alone (all: None)
+                rows = torch.isin(indices, sample).nonzero().flatten()
+                captured.rows = None if len(rows) == len(indices) else rows
+            output = backbone_features(model, normalize_batch(images, prep.mean, prep.std,
+                                                              device, on_device))
+            yield indices, output, {name: value for name, value in captured.pop().items()
+                                    if name != PENULTIMATE}  # that one is `output` itself
+
+    with inference_pass(model, device, prep.precision), \
+            CapturedFeatures(model, enabled=sample is not None) as captured:
+        on_cpu = ((indices, (output.float().cpu(), {k: v.cpu() for k, v in part.items()}))
+                  for indices, output, part in lagged(batches(captured), device))
+        for indices, (output, part) in distributed.in_input_order(on_cpu):
             if features is None:
                 features = torch.empty(len(items), output.shape[1])
             features[indices] = output
+            parts.append(part)
     if not distributed.is_main():
         return None  # its share went to rank 0
+    if sample is not None:
+        layers.update(sample_layers(parts, sample))
     return features if features is not None else torch.empty(0, 512)
+
+
+def sample_layers(parts: list[dict], sample: torch.Tensor) -> dict:
+    """{"indices": the sample's rows (N,), and each of ood.LAYERS' modules: its statistics of
+    those rows (N, d) float32}, from the batches' captured parts in input order."""
+    from .ood import LAYERS
+    layers = {"indices": sample}
+    for name in LAYERS:
+        pieces = [part[name] for part in parts if name in part]
+        if pieces:
+            layers[name] = torch.cat(pieces)
+    return layers
 
 
 def layer_statistics(model, paths, prep: Preprocessing, batch_size: int = 64,
@@ -263,9 +299,19 @@ class FeatureCacheWarning(UserWarning):
     """A damaged feature-cache entry was moved aside and its features are extracted again."""
 
 
-def read_cache_entry(path: Path, leading_shape: tuple) -> torch.Tensor | None:
-    """The float32 features stored at `path` (a cache file of cached_features), or None when there
-    are none. A damaged entry (truncated, overwritten, of the wrong shape) is named in one warning
+class Extraction(NamedTuple):
+    """What cached_extraction returns: the features, and (None when it has none, e.g. a cache
+    entry of an earlier version, or augmented views) what the OOD score's layers are fitted on,
+    taken in the same pass (extract_features' `layers`)."""
+    features: torch.Tensor | None
+    layers: dict | None = None
+    from_cache: bool = False
+
+
+def read_cache_entry(path: Path, leading_shape: tuple) -> Extraction | None:
+    """The float32 features stored at `path` (a cache file of cached_features), with its layers'
+    statistics when it holds valid ones (stored_layers), or None when there are none. A damaged
+    entry (truncated, overwritten, of the wrong shape) is named in one warning
     and moved aside to `<name>.damaged-<time>`, never deleted, so the features are extracted
     again and every retry does not fail on it."""
     if not path.is_file():
@@ -277,9 +323,12 @@ def read_cache_entry(path: Path, leading_shape: tuple) -> torch.Tensor | None:
                 or tuple(features.shape[:-1]) != leading_shape:
             raise ValueError(f"features of shape {tuple(getattr(features, 'shape', ()))}, not "
                              f"{leading_shape} x N")
-        return features.float()
-    except (RuntimeError, EOFError, ValueError, KeyError, TypeError, IndexError,
-            pickle.UnpicklingError) as error:
+        return Extraction(features.float(), stored_layers(stored.get("layers"), leading_shape),
+                          from_cache=True)
+    except PermissionError:  # not damaged: not ours to read (the error names the file)
+        raise
+    except (RuntimeError, EOFError, ValueError, KeyError, TypeError, IndexError, OSError,
+            pickle.UnpicklingError) as error:  # OSError: torch's reader of a truncated zip
         aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         if aside.exists():
             aside = aside.with_name(f"{aside.name}-{os.getpid()}")
@@ -287,8 +336,40 @@ def read_cache_entry(path: Path, leading_shape: tuple) -> torch.Tensor | None:
         reason = (str(error).strip().splitlines() or [""])[0][:160]
         warnings.warn(f"feature cache entry {path} is damaged ({type(error).__name__}: {reason}): "
                       f"moved aside to {aside.name}; extracting its features again.",
-                      FeatureCacheWarning, stacklevel=3)
+                      FeatureCacheWarning, stacklevel=4)
         return None
+
+
+def stored_layers(layers, leading_shape: tuple) -> dict | None:
+    """A cache entry's layers' statistics if they are this version's: the rows
+    ood.evenly_spaced(N) and every one of ood.LAYERS, a float32 row each. None otherwise (an entry
+    written before they were kept, or augmented views): the features are used all the same, and
+    training takes the layers' statistics in one more pass (ood.fit_for_run)."""
+    from .ood import LAYERS, evenly_spaced
+    if not isinstance(layers, dict) or len(leading_shape) != 1:
+        return None
+    indices = layers.get("indices")
+    sample = torch.from_numpy(evenly_spaced(leading_shape[0]))
+    if not isinstance(indices, torch.Tensor) or not torch.equal(indices.long(), sample):
+        return None
+    statistics = {name: layers.get(name) for name in LAYERS}
+    if not all(isinstance(value, torch.Tensor) and value.ndim == 2 and len(value) == len(sample)
+               for value in statistics.values()):
+        return None
+    return {"indices": sample, **{name: value.float() for name, value in statistics.items()}}
+
+
+def write_cache_entry(path: Path, features: torch.Tensor, layers: dict | None,
+                      dtype: torch.dtype) -> None:
+    """The cache file at `path`, written whole or not at all: the features as `dtype`, and the
+    layers' statistics (float32: a sample of at most ood.LAYER_SAMPLE rows) when there are any."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs never share one
+    entry = {"features": features.to(dtype)}
+    if layers is not None:
+        entry["layers"] = layers
+    torch.save(entry, temporary)
+    temporary.replace(path)  # atomic: an interrupted run never leaves half a cache file
 
 
 def cached_features(model, items, prep: Preprocessing, cache_dir: str | Path | None = None,
@@ -302,8 +383,20 @@ def cached_features(model, items, prep: Preprocessing, cache_dir: str | Path | N
     extract_features, all of it part of the cache key. The pass runs on the model's device.
     Under torchrun every rank extracts its share; rank 0 returns (and caches) all of them, the
     other ranks None. `cache_path`: the cache file, when the caller has already computed it with
-    cache_file (the key hashes every file's bytes: once is enough).
+    cache_file (the key hashes every file's bytes: once is enough). cached_extraction's features.
     """
+    return cached_extraction(model, items, prep, cache_dir, views, batch_size, num_workers, desc,
+                             log, cache_path).features
+
+
+def cached_extraction(model, items, prep: Preprocessing, cache_dir: str | Path | None = None,
+                      views: Views = Views(), batch_size: int = 64, num_workers=None,
+                      desc: str = "features", log=print,
+                      cache_path: Path | None = None) -> Extraction:
+    """cached_features, with what the OOD score's layers are fitted on: an un-augmented
+    extraction takes them in its own pass (extract_features' `layers`) and the cache entry keeps
+    them beside the features (an entry without them, from an earlier version, still serves its
+    features: Extraction.layers is then None). Under torchrun, rank 0's; the others' are empty."""
     path, stored = None, None
     if cache_dir is not None and distributed.is_main():  # under torchrun, the cache is rank 0's
         path = cache_path or cache_file(model, items, prep, cache_dir, views)
@@ -311,24 +404,25 @@ def cached_features(model, items, prep: Preprocessing, cache_dir: str | Path | N
                                   else (len(items),))
     if distributed.decided_by_main(stored is not None):
         if not distributed.is_main():
-            return None
+            return Extraction(None)
         log(f"{desc}: {len(items)} images from the feature cache ({path.name})")
         return stored
     if views.augmentation and distributed.is_active():
         raise ValueError("Augmented views are drawn from one random stream, image after image, so "
                          "they cannot be split across torchrun's processes and stay the same: "
                          "extract them in one process (train --augment without torchrun).")
-    start = time.perf_counter()
-    if views.augmentation:
+    start, layers = time.perf_counter(), None
+    if views.augmentation:  # augmented views never feed the OOD statistics
         features = torch.stack([
             extract_features(model, items, prep, views.augmentation, batch_size, num_workers,
                              f"{desc} view {v + 1}/{views.count}", seed=views.seed + v)
             for v in range(views.count)])
     else:
+        layers = {}
         features = extract_features(model, items, prep, None, batch_size, num_workers, desc,
-                                    seed=views.seed)
+                                    seed=views.seed, layers=layers)
     if not distributed.is_main():
-        return None  # under torchrun, rank 0 holds (and stores) everyone's features
+        return Extraction(None)  # under torchrun, rank 0 holds (and stores) everyone's features
     seconds = time.perf_counter() - start
     log(f"{desc}: extracted {len(items) * views.count} images in {seconds:.1f} s "
         f"({len(items) * views.count / max(seconds, 1e-9):.1f} images/s)")
@@ -336,9 +430,5 @@ def cached_features(model, items, prep: Preprocessing, cache_dir: str | Path | N
     if store_half:
         features = features.half().float()  # train on what a later run will read back from disk
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        stored_dtype = torch.float16 if store_half else torch.float32
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs never share one
-        torch.save({"features": features.to(stored_dtype)}, temporary)
-        temporary.replace(path)  # atomic: an interrupted run never leaves half a cache file
-    return features
+        write_cache_entry(path, features, layers, torch.float16 if store_half else torch.float32)
+    return Extraction(features, layers)

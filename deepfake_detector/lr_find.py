@@ -128,6 +128,7 @@ def lr_find_on_data(config: TrainConfig, out_dir, log=print) -> LRFinderResult:
     from .split_read import list_split
     from .files import check_output_folder, write_json
     from .run_dir import LR_FIND_JSON
+    from .run_flags import flags_of_training
 
     data_dir, weights, seed = config.data_dir, config.weights, config.seed
     batch_size, standardize, img_size = config.batch_size, config.standardize, config.img_size
@@ -157,6 +158,7 @@ def lr_find_on_data(config: TrainConfig, out_dir, log=print) -> LRFinderResult:
     write_json(out / LR_FIND_JSON, {**result.record(), "data_dir": str(data_dir),
                                     "weights": record, "img_size": img_size,
                                     "batch_size": batch_size, "standardize": standardize})
-    save_figure(plot_lr_find(result), out / "lr_find")
+    # its flags (RANDOM INIT, SYNTHETIC DATA): those of the run these settings would train
+    save_figure(plot_lr_find(result), out / "lr_find", flags=flags_of_training(record, data_dir))
     plt.close("all")
     return result

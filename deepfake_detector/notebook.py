@@ -387,16 +387,40 @@ def made_by_notebook(folder) -> bool:
     return (Path(folder) / MARKER).is_file()
 
 
-def kernel_manager_config() -> Config:
-    """The kernel manager's settings: CurveZMQ encryption of the kernel's sockets wherever the
-    kernelspec declares it (ipykernel >= 7) and pyzmq has it (its wheels do). Without it ipykernel
-    logs "Kernel is running over TCP without encryption" on every start (true then, and still
-    said); with it the warning's cause is gone, not its message hidden."""
+def kernel_manager_config(server: bool = False) -> Config:
+    """How a kernel's sockets are made, the same for the headless runner and for `make lab`'s
+    JupyterLab (server=True, read through jupyter_lab_config.py). ipykernel logs "Kernel is
+    running over TCP without encryption" whenever its sockets are TCP without CurveZMQ keys (true
+    then), so that cause is removed, the message never hidden: CurveZMQ encryption wherever the
+    kernelspec declares it (ipykernel >= 7) and pyzmq has it (its wheels do); else, on Linux and
+    macOS, IPC sockets, files in Jupyter's runtime folder that only their owner can open (a
+    server's kernels put them beside their connection files there; the headless kernel gets a
+    fresh name there); else TCP on 127.0.0.1, unencrypted (kernel_transport_note)."""
     import zmq
     from jupyter_client.manager import KernelManager
     if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
         return Config({"KernelManager": {"transport_encryption": "auto"}})
-    return Config()
+    if os.name != "posix" or not zmq.has("ipc"):
+        return Config()
+    if server:
+        return Config({"KernelManager": {"transport": "ipc"}})
+    import uuid
+    from jupyter_core.paths import jupyter_runtime_dir
+    runtime = Path(jupyter_runtime_dir())
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Config({"KernelManager": {"transport": "ipc",
+                                     "ip": str(runtime / f"kernel-{uuid.uuid4().hex}-ipc")}})
+
+
+def kernel_transport_note() -> str | None:
+    """One plain line where kernels can have neither CurveZMQ nor IPC sockets (Windows with a
+    pyzmq built without CurveZMQ): what ipykernel's warning then means; None elsewhere."""
+    if kernel_manager_config(server=True):
+        return None
+    return ("note: this pyzmq has no CurveZMQ and this system no IPC sockets for Jupyter, so the "
+            "kernel talks to JupyterLab over TCP on 127.0.0.1 without encryption (ipykernel warns "
+            "about it): other users of this machine could read it. pip's pyzmq wheels have "
+            "CurveZMQ.")
 
 
 def headless_kernel_environment() -> dict:

@@ -36,6 +36,7 @@ from .figures import plt
 from .huge_pages import prefer_huge_pages
 from .model import IMAGENET_FILE, pick_device, torch_checkpoint_dir
 from .notebook import claim_for_notebook, mark_as_notebooks
+from .run_flags import flags_of_config, flags_of_run, register_folder_flags
 from .tables import markdown_table
 from .widgets import threshold_words
 
@@ -52,6 +53,16 @@ class NotebookSession:
     def __init__(self, parameters: dict, out: Path, device: torch.device):
         self.parameters, self.out, self.device = parameters, Path(out), device
         self.figures = self.out / "figures"
+        self.data_dir, self.run_dir = None, None  # the latest split and run of this session
+        register_folder_flags(self.figures, self.flags)
+
+    def flags(self) -> list[str]:
+        """What the session's figures carry (run_flags): its latest run's RANDOM INIT and
+        SYNTHETIC DATA; before training, its split's SYNTHETIC DATA (a picture of the data
+        depends on no weights)."""
+        if self.run_dir is not None:
+            return flags_of_run(self.run_dir)
+        return flags_of_config({"data_dir": str(self.data_dir)}) if self.data_dir else []
 
     def split_dataset(self, raw_dir, data_dir, **settings):
         """split.split_dataset(raw_dir, data_dir, **settings); a different split already in
@@ -66,6 +77,7 @@ class NotebookSession:
                   + ("REPLACE_SPLIT = True" if allowed else "this notebook made it"))
             summary = splitting.split_dataset(raw_dir, data_dir, replace=True, **settings)
         mark_as_notebooks(data_dir, "split", raw_dir=raw_dir, **settings)
+        self.data_dir = data_dir
         return summary
 
     def train(self, config, model=None, weights_record=None, log_to_console: bool = True):
@@ -93,6 +105,7 @@ class NotebookSession:
         if model is not None:
             _KERNEL["head"] = (model.fc, _KERNEL["head"][1])
         mark_as_notebooks(run, "run")
+        self.run_dir = Path(run)  # a TrainedRun is its run directory as a path
         return run
 
     @staticmethod

@@ -18,8 +18,10 @@ The layers (Lee et al.'s feature ensemble). The same distance on cheaply pooled 
 earlier layers (LAYERS: the stem's (maxpool) and layer1-2's per-channel means and standard
 deviations over the image, layer3's means), taken by forward hooks from the verdict's own pass
 (CapturedFeatures); one Gaussian fit per layer on at most LAYER_SAMPLE
-train images, in one more forward pass over them (and as many val images) at training: the
-feature cache holds the 512 features only. The paper weighs the layers' scores with a regression
+train images (evenly spaced; and as many val images), their statistics taken at training by the
+same hooks in the pass that extracts the features and kept beside them in the feature cache
+(features.extract_features; a cache entry of an earlier version, without them: one more pass
+over those images, as before). The paper weighs the layers' scores with a regression
 fitted on OOD examples; without any, the scores combine as a typicality test across layers: the
 vector v of an image's log distances, one per layer, against the mean m and the (Ledoit-Wolf)
 covariance C of the val images' vectors: the score is (v - m)^T C^-1 (v - m) (the val images'
@@ -415,13 +417,20 @@ class CapturedFeatures:
     forward hooks: the verdict's own pass, no second one. `pop()` returns (and forgets) the last
     pass's {PENULTIMATE: the pooled 512 features (N, 512), and each of LAYERS' modules: its
     output's per-channel means (and standard deviations) over the image}, detached, float32.
-    Not `enabled`: no hook at all (a caller that needs no features)."""
+    Not `enabled`: no hook at all (a caller that needs no features). `rows` (set before a pass;
+    None: all): the batch's rows to take, the others skipped (features.extract_features keeps the
+    statistics of a sample of its images only)."""
 
     def __init__(self, model, enabled: bool = True):
         self.model, self.enabled, self.last, self.handles = model, enabled, {}, []
+        self.rows = None
 
     def _hook(self, name: str, with_std: bool | None):
         def hook(module, inputs, output):
+            if self.rows is not None:
+                if not len(self.rows):
+                    return
+                output = output[self.rows.to(output.device)]
             output = output.detach().float()
             if with_std is None:  # the pooled features themselves
                 self.last[name] = output.flatten(1)
@@ -476,13 +485,16 @@ def one_fit_per_data():
 
 
 def fit_for_run(path: str | os.PathLike, train_features, train_labels, val_features,
-                train_paths, log=print, val_paths=None, layer_pass=None) -> OodStats | None:
+                train_paths, log=print, val_paths=None, layer_pass=None,
+                captured: tuple = (None, None)) -> OodStats | None:
     """At training: the statistics of the train split's un-augmented features (and the native
     long side of its images), the validation features' scores, written to `path`. None, and a
     line in the log, for a run that extracted no un-augmented features (--no-feature-cache with
-    --no-standardize --no-probe): it has no OOD score. With `layer_pass` (paths -> their
-    CapturedFeatures dict of arrays, one forward pass) and `val_paths`: the layers' ensemble too,
-    from at most LAYER_SAMPLE train and LAYER_SAMPLE val images, evenly spaced."""
+    --no-standardize --no-probe): it has no OOD score. With `val_paths`: the layers' ensemble too,
+    from at most LAYER_SAMPLE train and LAYER_SAMPLE val images, evenly spaced: `captured`
+    (train's, val's) when their extraction took them in its own pass (features.extract_features'
+    `layers`: {"indices": evenly_spaced(N), module: (k, d)}), else from `layer_pass` (paths -> their
+    CapturedFeatures dict of arrays, one more forward pass)."""
     if train_features is None or val_features is None:
         log("no OOD statistics: this run extracted no un-augmented features, so its verdicts "
             "carry no OOD score")
@@ -497,16 +509,10 @@ def fit_for_run(path: str | os.PathLike, train_features, train_labels, val_featu
     if len(val_paths or ()) < ENSEMBLE_MIN_VAL:
         log(f"OOD score of the last layer alone: the per-layer statistics need at least "
             f"{ENSEMBLE_MIN_VAL} val images, this run has {len(val_paths or ())}")
-    elif layer_pass is not None:
-        import time
-        start = time.perf_counter()
-        train_at, val_at = evenly_spaced(len(train_paths)), evenly_spaced(len(val_paths))
-        stats = fit_ensemble(stats, layer_pass([train_paths[i] for i in train_at]),
-                             np.asarray(train_labels)[train_at],
-                             layer_pass([val_paths[i] for i in val_at]))
-        log(f"OOD statistics of {len(stats.ensemble.layers)} layers: one more pass over "
-            f"{len(train_at)} train and {len(val_at)} val images, "
-            f"{time.perf_counter() - start:.1f} s")
+    elif layer_pass is not None or all(captured_rows(taken, len(split_paths)) for taken,
+                                       split_paths in zip(captured, (train_paths, val_paths))):
+        stats = fit_layers(stats, train_labels, (train_paths, val_paths), layer_pass, captured,
+                           log)
     stats.save(path)
     if SHARED_FITS:
         shared[key] = stats
@@ -517,3 +523,40 @@ def fit_for_run(path: str | os.PathLike, train_features, train_labels, val_featu
         f"percentile of {len(val)} val images)"
         + (f"; training images {side:g} px on the long side (median)" if side else ""))
     return stats
+
+
+def fit_layers(stats: OodStats, train_labels, paths: tuple, layer_pass, captured: tuple,
+               log) -> OodStats:
+    """`stats` with the layers' ensemble (fit_ensemble), on the evenly spaced train and val
+    images: each split's `captured` statistics when they are of those rows (captured_rows), else
+    `layer_pass`'s of them (one more forward pass); one log line says which, and its time."""
+    import time
+    start, layers, words, passed = time.perf_counter(), [], [], []
+    for split, split_paths, taken in zip(("train", "val"), paths, captured):
+        at = evenly_spaced(len(split_paths))
+        words.append(f"{len(at)} {split}")
+        if captured_rows(taken, len(split_paths)):
+            layers.append({name: np.asarray(value) for name, value in taken.items()
+                           if name != "indices"})
+        else:
+            layers.append(layer_pass([split_paths[i] for i in at]))
+            passed.append(words[-1])
+    train_at = evenly_spaced(len(paths[0]))
+    stats = fit_ensemble(stats, layers[0], np.asarray(train_labels)[train_at], layers[1])
+    seconds = time.perf_counter() - start
+    if not passed:
+        how = (f"taken in the pass that extracted the features ({' and '.join(words)} images, "
+               f"evenly spaced), no second pass; fitted in {seconds:.1f} s")
+    else:  # in train, from a feature cache entry of an earlier version (features.stored_layers)
+        how = (f"one more pass over {' and '.join(passed)} images (their features came without "
+               f"them: a feature cache entry written before they were kept there), "
+               f"{seconds:.1f} s")
+    log(f"OOD statistics of {len(stats.ensemble.layers)} layers: {how}")
+    return stats
+
+
+def captured_rows(taken: dict | None, n: int) -> bool:
+    """Whether `taken` (features.extract_features' `layers`) holds the statistics of the rows
+    evenly_spaced(n) of every one of LAYERS: what fit_layers fits on."""
+    return taken is not None and set(LAYERS) <= set(taken) and \
+        np.array_equal(np.asarray(taken["indices"]), evenly_spaced(n))

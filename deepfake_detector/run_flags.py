@@ -6,11 +6,14 @@ weights_record and synthetic_data), so they are known without the data at hand.
 `flags_of_config` names them; `flag_record` is what metrics_*.json carry; `flags_of_path` finds
 the run a file is written into (a folder holding a run's config.json, the file's own folder or
 up to two above it), so that every figure (figures.save_figure) and every table
-(tables.write_table) written inside a run carries its flags without each caller passing them.
-No torch, no matplotlib.
+(tables.write_table) written inside a run carries its flags without each caller passing them;
+`flags_of_training` names them before config.json is written; `register_folder_flags` gives
+them to a folder outside any run whose files still show one (the notebook's OUT/figures, beside
+its OUT/run). No torch, no matplotlib.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .files import read_json_object
@@ -25,6 +28,8 @@ SYNTHETIC_DATA = "SYNTHETIC DATA"
 FLAG_MEANINGS = {RANDOM_INIT: "backbone not ImageNet-pretrained",
                  SYNTHETIC_DATA: "trained on the generated demo set, not real images"}
 RUN_LEVELS = 3  # a file's folder and up to two above: RUN/figures/x, RUN/eval/<name>/x
+# Folders outside a run whose files show one: folder -> what gives their flags when one is written.
+FOLDER_FLAGS: dict[Path, Callable[[], list[str]]] = {}
 
 
 def weights_record_of(config: dict) -> dict | None:
@@ -61,6 +66,14 @@ def flag_record(flags: list[str]) -> dict:
             "flags": list(flags)}
 
 
+def flags_of_training(weights_record: dict, data_dir) -> list[str]:
+    """The flags of a run trained with `weights_record` on `data_dir`, before its config.json
+    exists (run_dir.run_record writes this weights_record and synthetic_origin(data_dir), which
+    synthetic_record_of looks up here): for the files a run writes before it, the data audit and
+    `--lr find`'s plot, and for `lr-find`'s sweep, which is no run."""
+    return flags_of_config({"weights_record": weights_record, "data_dir": str(data_dir)})
+
+
 def read_config(run_dir) -> dict | None:
     """run_dir/config.json when it is a run's (a JSON object with a weights record), else None;
     never raises (run_dir.read_run_config is the checking reader)."""
@@ -82,8 +95,19 @@ def run_dir_of(path) -> Path | None:
     return None
 
 
+def register_folder_flags(folder, flags: Callable[[], list[str]]) -> None:
+    """Files written straight into `folder` carry flags() (asked at each write, so they follow
+    what the folder's owner has done by then): for a folder of a run's pictures that lies
+    outside the run."""
+    FOLDER_FLAGS[Path(folder).absolute()] = flags
+
+
 def flags_of_path(path) -> list[str]:
-    """The flags of the run a file at `path` belongs to (run_dir_of); [] outside a run."""
+    """The flags of the run a file at `path` belongs to (register_folder_flags' folders first,
+    then run_dir_of); [] outside a run."""
+    registered = FOLDER_FLAGS.get(Path(path).absolute().parent)
+    if registered is not None:
+        return registered()
     run_dir = run_dir_of(path)
     return flags_of_run(run_dir) if run_dir is not None else []
 

@@ -33,7 +33,7 @@ from . import CLASS_TO_IDX, distributed
 from .audit import AuditWarning, audit_split
 from .config import MAX_SEED, TrainConfig
 from .determinism import deterministic
-from .features import Views, cache_file, cached_features, layer_statistics
+from .features import Views, cache_file, cached_extraction, cached_features, layer_statistics
 from .figures import plt, save_figure
 from .files import check_output_folder, write_json
 from .head import StandardizedHead, feature_statistics
@@ -48,6 +48,7 @@ from .model import build_model, pick_device
 from .ood import fit_for_run
 from .preprocessing import Preprocessing
 from .probe import fit_probe, head_vs_probe, probe_summary
+from .run_flags import flags_of_training
 from .run_dir import (AUDIT_DIR, FIGURES_DIR, LR_FIND_JSON, OOD_STATS, PROBE_JSON, RunLog,
                       prepare_run_dir, run_dir_path, save_run)
 from .split_read import MANIFEST_CSV, drop_unreadable, list_split, split_groups
@@ -132,6 +133,7 @@ class RunContext:
     log: RunLog
     generator: torch.Generator
     extraction: dict              # feature_options(config, log)
+    flags: list[str]              # RANDOM INIT, SYNTHETIC DATA: config.json's, before it exists
 
     @property
     def augmentation(self) -> dict | None:
@@ -148,6 +150,9 @@ class RunData:
     order_per_epoch: list
     train_plain: torch.Tensor | None = None
     val_plain: torch.Tensor | None = None
+    # (train, val): the OOD score's layers' statistics, taken in the extraction's own pass
+    # (features.cached_extraction); None where it had none (a cache entry of an earlier version)
+    plain_layers: tuple = (None, None)
     train_labels: torch.Tensor = field(init=False)
     val_labels: torch.Tensor = field(init=False)
     pos_weight: float = field(init=False)
@@ -271,16 +276,17 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
     """The run, step by step, into its new directory (`train` made it and records what is
     written there)."""
     log = RunLog(run_dir, echo=log_to_console)
-    audit_data(config, run_dir, log)
+    flags = flags_of_training(weights_record, config.data_dir)  # config.json's, written at the end
+    audit_data(config, run_dir, log, flags)
     introduce_run(model, weights_record, counts, device, log)
     if note := upscale_note([path for path, _ in train_items], config.img_size):
         log(note)  # once: 32 px images at 224 cost more and show nothing more
     data = RunData(train_items, val_items, counts,
                    epoch_orders(len(train_items), resolved_epochs(config), generator))
     run = RunContext(run_dir, config, model, device, log, generator,
-                     feature_options(config, log))
+                     feature_options(config, log), flags)
     start = time.perf_counter()
-    data.train_plain, data.val_plain = plain_features(run, data)
+    data.train_plain, data.val_plain, data.plain_layers = plain_features(run, data)
     head = build_head(run, data)
     if config.lr == "find":
         config.lr = find_lr_for_run(run, data, head)
@@ -294,7 +300,8 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
     fit_for_run(run_dir / OOD_STATS, data.train_plain, data.train_labels, data.val_plain,
                 [path for path, _ in train_items], log, [path for path, _ in val_items],
                 lambda paths: layer_statistics(model, paths, run.extraction["prep"],
-                                               num_workers=config.num_workers))  # ood.py
+                                               num_workers=config.num_workers),
+                data.plain_layers)  # ood.py: no second pass when the extraction took the layers
     probe = run_probe(run, data) if config.probe else None
     metrics = conclude_run(run_dir, model, config, weights_record, counts, fitted, val_items,
                            val_probabilities, log, probe)
@@ -305,12 +312,13 @@ def train_into(run_dir: Path, config: TrainConfig, model, weights_record: dict, 
                       probe=probe)
 
 
-def audit_data(config: TrainConfig, run_dir: Path, log) -> None:
+def audit_data(config: TrainConfig, run_dir: Path, log, flags: list[str]) -> None:
     """Shortcuts (one class all PNG, the other JPEG; different sizes...) would be learned instead
-    of the content: look before training. It warns, it never refuses."""
+    of the content: look before training. It warns, it never refuses. Its figure and tables
+    carry the run's `flags` (RANDOM INIT, SYNTHETIC DATA)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AuditWarning)
-        findings = audit_split(config.data_dir, out_dir=run_dir / AUDIT_DIR)
+        findings = audit_split(config.data_dir, out_dir=run_dir / AUDIT_DIR, run_flags=flags)
     for flag in findings["flags"]:
         log(f"DATA AUDIT WARNING: {flag}")
     if findings["flags"]:  # stacklevel: the line that called train()
@@ -336,15 +344,18 @@ def needs_plain_features(config: TrainConfig) -> bool:
 
 
 def plain_features(run: RunContext, data: RunData) -> tuple:
-    """(train, val) un-augmented features, or (None, None) when the run needs neither. The plain
-    loop and --augment extract them once too (one forward pass each, from the cache when it has
-    them)."""
+    """(train, val, (train's, val's) OOD layers' statistics) un-augmented features, or (None,
+    None, (None, None)) when the run needs neither. The plain loop and --augment extract them
+    once too (one forward pass each, from the cache when it has them), and that pass takes the
+    OOD score's layers' statistics too (features.cached_extraction)."""
     if not needs_plain_features(run.config):
-        return None, None
-    train_plain = cached_features(run.model, data.train_items, desc="train features",
-                                  **run.extraction)
-    val_plain = cached_features(run.model, data.val_items, desc="val features", **run.extraction)
-    return train_plain, val_plain
+        return None, None, (None, None)
+    train = cached_extraction(run.model, data.train_items, desc="train features",
+                              **run.extraction)
+    val = cached_extraction(run.model, data.val_items, desc="val features", **run.extraction)
+    # (None: a cache entry written before they were kept; its features serve all the same, and
+    # ood.fit_for_run takes the layers in one more pass, saying so)
+    return train.features, val.features, (train.layers, val.layers)
 
 
 def build_head(run: RunContext, data: RunData) -> nn.Module:
@@ -378,7 +389,7 @@ def find_lr_for_run(run: RunContext, data: RunData, head) -> float:
         result = lr_find(head, data.train_plain, data.train_labels, data.pos_weight,
                          run.config.batch_size, seed=run.config.seed, device=run.device)
     write_json(run.run_dir / LR_FIND_JSON, result.record())
-    save_figure(plot_lr_find(result), run.run_dir / FIGURES_DIR / "lr_find")
+    save_figure(plot_lr_find(result), run.run_dir / FIGURES_DIR / "lr_find", flags=run.flags)
     plt.close("all")
     run.log(f"lr finder: suggested rate {result.suggestion:.3g} (lowest loss at "
             f"{result.min_loss_lr:.3g}); training at {result.suggestion:.3g}")

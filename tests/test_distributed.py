@@ -273,6 +273,13 @@ def test_torchrun_extract_fills_the_cache_one_process_fills(launches, tmp_path, 
     for name in one:
         assert torch.equal(two[name], one[name])
     assert sorted(len(f) for f in one.values()) == [36, 144]
+    # The OOD layers' statistics, taken in the same pass, gathered from both ranks as well.
+    layers = [{path.name: torch.load(path, weights_only=True)["layers"]
+               for path in sorted(cache.glob("features-*.pt"))}
+              for cache in (tmp_path / "one", launch.cwd / "two")]
+    for name, stored in layers[0].items():
+        assert len(stored["indices"]) == len(one[name]) and stored.keys() == layers[1][name].keys()
+        assert all(torch.equal(stored[key], layers[1][name][key]) for key in stored)
     # It prints where each split's features are, and the folder.
     names = sorted(line.split("/")[-1] for line in out.splitlines() if line.startswith(("train", "val")))
     assert names == sorted(one)

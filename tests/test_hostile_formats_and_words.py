@@ -12,13 +12,11 @@ import hashlib
 import io
 import json
 import math
-import shutil
 import struct
 import warnings
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
 import torch
 from PIL import EpsImagePlugin, Image, PsdImagePlugin
@@ -272,7 +270,7 @@ def test_predict_summarises_many_unreadable_files(tmp_path, trained_run, capsys,
     assert len(err.splitlines()) == 1 + 10 + 1, err  # not 243 lines
     assert "243 file(s) could not be read and were skipped" in err
     assert "by reason: empty file (240), not an image (3)" in err
-    assert f"empty 0000.png: empty file (0 bytes)" in err and "empty 0010.png" not in err
+    assert "empty 0000.png: empty file (0 bytes)" in err and "empty 0010.png" not in err
     listing = tmp_path / "preds.skipped.csv"
     assert f"... and 233 more: the full list is in {listing}" in err
     with open(listing, newline="", encoding="utf-8") as f:

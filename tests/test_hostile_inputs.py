@@ -411,7 +411,7 @@ def test_cli_rejects_bad_numbers_before_running(argv, message, capsys):
 
 
 def test_cli_accepts_lr_find():
-    from deepfake_detector.cli import positive_float_or_find
+    from deepfake_detector.config import positive_float_or_find
     assert positive_float_or_find("find") == "find" and positive_float_or_find("3e-4") == 3e-4
 
 

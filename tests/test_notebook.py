@@ -16,6 +16,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from deepfake_detector.notebook import (MARKER, PROJECT_ROOT, NotebookStop, claim_for_notebook,
                                         execute_notebook, inject_parameters,
                                         mark_as_notebooks, parse_value)
+from test_report_agrees import has_footer
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "deepfake_detector.ipynb"
 
@@ -221,6 +222,10 @@ def test_headless_notebook_end_to_end(notebook_run_twice):
     assert (run / "audit" / "audit.md").is_file() and "Robustness" in (run / "report.md").read_text()
     assert (out / "figures" / "training_batch.png").is_file()
     assert (out / "figures" / "validation_predictions.pdf").is_file()
+    # the notebook's own figures (OUT/figures, beside the run) carry the flags' footer too:
+    # SYNTHETIC DATA on the batch, drawn before training; both after it
+    for name in ("training_batch", "validation_predictions", "gradcam_examples"):
+        assert has_footer(out / "figures" / f"{name}.png"), name
     overlays = list((run / "gradcam" / "overlays").rglob("*.png"))
     assert len(overlays) == 8  # GRADCAM_IMAGES
     assert json.loads((run / "gradcam" / "summary.json").read_text())["localisation"] is not None

@@ -24,6 +24,7 @@ from deepfake_detector.head import StandardizedHead, feature_statistics
 from deepfake_detector.train import TrainConfig, train
 
 from conftest import CIFAKE_DIR
+from test_report_agrees import has_footer
 
 
 @pytest.fixture
@@ -145,6 +146,7 @@ def test_lr_find_on_the_command_line_and_in_train(split_data, tmp_path, few_boot
                  "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     record = json.loads((out / "lr_find.json").read_text())
     assert (out / "lr_find.png").is_file() and (out / "lr_find.pdf").is_file()
+    assert has_footer(out / "lr_find.png")  # --weights none: RANDOM INIT, though no run holds it
     assert 1e-6 < record["suggestion"] < 10
     run = train(TrainConfig(data_dir=str(split_data), out_dir=str(tmp_path / "run"),
                             weights="none", img_size=32, lr="find", probe=False, epochs=20,

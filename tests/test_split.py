@@ -304,7 +304,7 @@ def test_missing_class_folder(tmp_path):
 
 
 def test_wrapper_folder_gets_a_hint(tmp_path):
-    raw = make_raw(tmp_path / "zip", 3, 3)  # tmp/zip/raw/{real,fake}
+    make_raw(tmp_path / "zip", 3, 3)  # tmp/zip/raw/{real,fake}
     with pytest.raises(SplitError, match="Did you mean .*raw"):
         split_dataset(tmp_path / "zip", tmp_path / "data")
 
