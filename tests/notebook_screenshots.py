@@ -66,7 +66,8 @@ def start_lab(project: Path, root: Path) -> tuple[subprocess.Popen, str]:
     env.pop("MPLBACKEND", None)
     log = open(root / "lab.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+        [sys.executable, "-m", "jupyterlab", f"--config={PROJECT_ROOT / 'jupyter_lab_config.py'}",
+         "--no-browser", "--ServerApp.ip=127.0.0.1",  # the config: `make lab`'s kernel sockets
          f"--ServerApp.port={port}", "--IdentityProvider.token=", "--ServerApp.password=",
          f"--ServerApp.root_dir={project}", "--LabApp.expose_app_in_browser=True",
          "--ServerApp.terminals_enabled=False"] + (["--allow-root"] if os.geteuid() == 0 else []),
