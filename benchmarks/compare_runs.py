@@ -214,8 +214,7 @@ def results_markdown(train_seconds: dict, result: dict, speed: dict, figure: str
     passes = backbone_seconds(group_dir / f"seed-{seeds['seeds'][0]}" / "train.log")
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} with `python benchmarks/compare_runs.py` on "
-        f"{machine(torch.device('cpu'))['cpu']}, 2 cores shared with other jobs (load average "
-        f"about {five['load_after']:.0f}: wall seconds are inflated). CIFAKE dev sample, 8,000 train / 1,000 val / 1,000 test, random-init backbone "
+        f"{machine(torch.device('cpu'))['cpu']}, 2 cores{load_words(five['load_after'])}. CIFAKE dev sample, 8,000 train / 1,000 val / 1,000 test, random-init backbone "
         "(no ImageNet weights on this machine), compared on the 1,000 test images.", "",
         result["tables"]["runs"], "", result["tables"]["pairs"], "",
         f"![ROC curves of the compared runs, with 95% bootstrap bands]({figure})", "",
@@ -251,6 +250,13 @@ def results_markdown(train_seconds: dict, result: dict, speed: dict, figure: str
         f"figure with its bands, at load average {speed['load_after']:.0f} (target < 30 s).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def load_words(load: float) -> str:
+    """How busy the 2 cores were when the seeds were timed, and what that does to wall seconds."""
+    if load < 2:
+        return f" (load average about {load:.0f} after the seeds' runs)"
+    return f" shared with other jobs (load average about {load:.0f}: wall seconds are inflated)"
 
 
 def intervals(pair: dict, n_bootstrap: int) -> str:
