@@ -64,25 +64,25 @@ def timed(work: Path, name: str, command: list[str]) -> dict:
     return timings[name]
 
 
+def train_run(work: Path, split: Path, name: str, size: int, run: str, cache: str,
+              seeds: str | None = None) -> dict:
+    """`train --weights none` at `size` px into work/runs/`run` (timed as `name`)."""
+    return timed(work, name, CLI + [
+        "train", "--data", str(split), "--weights", "none", "--num-workers", "0",
+        "--img-size", str(size), *(["--seeds", seeds] if seeds else []),
+        "--out", str(work / "runs" / run), "--cache-dir", str(work / cache)])
+
+
 def train_runs(work: Path, split: Path) -> dict:
-    common = ["--data", str(split), "--weights", "none", "--num-workers", "0"]
-    seconds = {}
-    seconds["one seed"] = timed(work, "train 64 px, one seed", CLI + [
-        "train", *common, "--img-size", "64", "--out", str(work / "runs" / "px64"),
-        "--cache-dir", str(work / "cache64-one")])
-    seconds["five seeds"] = timed(work, "train 64 px, seeds 0-4", CLI + [
-        "train", *common, "--img-size", "64", "--seeds", "0,1,2,3,4",
-        "--out", str(work / "runs" / "px64-seeds"), "--cache-dir", str(work / "cache64-five")])
-    seconds["32 px"] = timed(work, "train 32 px", CLI + ["train", *common, "--img-size", "32",
-                                                          "--out", str(work / "runs" / "px32"),
-                                                          "--cache-dir", str(work / "cache32")])
-    seconds["128 px"] = timed(work, "train 128 px", CLI + [
-        "train", *common, "--img-size", "128", "--out", str(work / "runs" / "px128"),
-        "--cache-dir", str(work / "cache128")])
-    seconds["five seeds, 224 px"] = timed(work, "train 224 px, seeds 0-4", CLI + [
-        "train", *common, "--img-size", "224", "--seeds", "0,1,2,3,4",
-        "--out", str(work / "runs" / "px224-seeds"), "--cache-dir", str(work / "cache224-five")])
-    return seconds
+    return {
+        "one seed": train_run(work, split, "train 64 px, one seed", 64, "px64", "cache64-one"),
+        "five seeds": train_run(work, split, "train 64 px, seeds 0-4", 64, "px64-seeds",
+                                "cache64-five", seeds="0,1,2,3,4"),
+        "32 px": train_run(work, split, "train 32 px", 32, "px32", "cache32"),
+        "128 px": train_run(work, split, "train 128 px", 128, "px128", "cache128"),
+        "five seeds, 224 px": train_run(work, split, "train 224 px, seeds 0-4", 224,
+                                        "px224-seeds", "cache224-five", seeds="0,1,2,3,4"),
+    }
 
 
 def compare_cifake(work: Path, split: Path) -> dict:
@@ -118,13 +118,10 @@ def heldout_intervals(work: Path) -> dict:
         subprocess.run(CLI + ["split", "--raw", str(CIFAKE_DEV), "--out", str(split),
                               "--val-fraction", "0.1", "--test-fraction", "0.5",
                               "--link-mode", "hardlink"], check=True, cwd=ROOT)
-    runs = []
+    runs = [work / "runs" / f"heldout-px{size}" for size in (32, 64)]
     for size in (32, 64):
-        runs.append(work / "runs" / f"heldout-px{size}")
-        timed(work, f"held out: train {size} px", CLI + [
-            "train", "--data", str(split), "--weights", "none", "--num-workers", "0",
-            "--img-size", str(size), "--out", str(runs[-1]),
-            "--cache-dir", str(work / f"cache-heldout{size}")])
+        train_run(work, split, f"held out: train {size} px", size, f"heldout-px{size}",
+                  f"cache-heldout{size}")
     out = work / "compare-heldout"
     timed(work, "held out: compare", CLI + ["compare", *map(str, runs), "--data", str(split),
                                             "--split", "test", "--out", str(out)])
