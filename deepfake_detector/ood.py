@@ -534,7 +534,7 @@ def fit_layers(stats: OodStats, train_labels, paths: tuple, layer_pass, captured
     start, layers, words, passed = time.perf_counter(), [], [], []
     for split, split_paths, taken in zip(("train", "val"), paths, captured):
         at = evenly_spaced(len(split_paths))
-        words.append(f"{len(at)} {split}")
+        words.append(f"{len(at):,} {split}")
         if captured_rows(taken, len(split_paths)):
             layers.append({name: np.asarray(value) for name, value in taken.items()
                            if name != "indices"})
